@@ -1,0 +1,101 @@
+import Crypto
+
+/// A scope an API key may hold (contract section 3).
+public enum APIScope: String, Sendable, Codable, CaseIterable {
+    case publish = "realtime:publish"
+    case subscribe = "realtime:subscribe"
+    case tokens = "realtime:tokens"
+    case admin = "realtime:admin"
+}
+
+/// A stored API key: never the secret, only its SHA-256.
+public struct APIKeyRecord: Sendable, Equatable, Codable {
+    public var keyID: String
+    public var name: String
+    public var scopes: [APIScope]
+    /// Milliseconds since the epoch.
+    public var createdAt: Int64
+    /// Lowercase hex SHA-256 of the whole key string.
+    public var secretHash: String
+    public var revoked: Bool
+
+    public init(keyID: String, name: String, scopes: [APIScope], createdAt: Int64, secretHash: String, revoked: Bool = false) {
+        self.keyID = keyID
+        self.name = name
+        self.scopes = scopes
+        self.createdAt = createdAt
+        self.secretHash = secretHash
+        self.revoked = revoked
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case keyID = "key_id", name, scopes, createdAt = "created_at", secretHash = "secret_hash", revoked
+    }
+}
+
+/// Making, parsing and checking API key strings of the form `<key_id>.<secret>`.
+public enum APIKeyMaterial {
+    /// The id under which the configured bootstrap key is known.
+    public static let bootstrapKeyID = "bootstrap"
+
+    /// A new key: its id and the full secret string to hand to the user once.
+    public static func generate() -> (keyID: String, key: String) {
+        let keyID = "k_" + RandomID.hex(bytes: 8)
+        return (keyID, keyID + "." + RandomID.base64URL(bytes: 32))
+    }
+
+    /// The key id a presented key claims (`nil` for keys without one, such as a bootstrap key).
+    public static func keyID(of key: String) -> String? {
+        guard let dot = key.firstIndex(of: "."), key.hasPrefix("k_") else { return nil }
+        return String(key[..<dot])
+    }
+
+    public static func hash(_ key: String) -> String {
+        SHA256.hash(data: Array(key.utf8)).map { byte in
+            let s = String(byte, radix: 16)
+            return byte < 16 ? "0" + s : s
+        }.joined()
+    }
+
+    /// Compares a presented key with a stored hash in time independent of where they differ.
+    public static func matches(_ key: String, hash stored: String) -> Bool {
+        let computed = Array(hash(key).utf8)
+        let expected = Array(stored.utf8)
+        guard computed.count == expected.count else { return false }
+        var diff: UInt8 = 0
+        for i in 0..<computed.count { diff |= computed[i] ^ expected[i] }
+        return diff == 0
+    }
+}
+
+/// Random identifiers for keys, connections, clients and token ids.
+public enum RandomID {
+    public static func bytes(_ n: Int) -> [UInt8] {
+        var rng = SystemRandomNumberGenerator()
+        return (0..<n).map { _ in UInt8.random(in: .min ... .max, using: &rng) }
+    }
+
+    public static func hex(bytes n: Int) -> String {
+        bytes(n).map { b in b < 16 ? "0" + String(b, radix: 16) : String(b, radix: 16) }.joined()
+    }
+
+    public static func base64URL(bytes n: Int) -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+        let raw = bytes(n)
+        var out = [UInt8]()
+        var i = 0
+        while i + 3 <= raw.count {
+            let v = UInt32(raw[i]) << 16 | UInt32(raw[i + 1]) << 8 | UInt32(raw[i + 2])
+            for shift in [18, 12, 6, 0] { out.append(alphabet[Int((v >> UInt32(shift)) & 63)]) }
+            i += 3
+        }
+        let rest = raw.count - i
+        if rest > 0 {
+            var v = UInt32(raw[i]) << 16
+            if rest == 2 { v |= UInt32(raw[i + 1]) << 8 }
+            let chars = rest == 1 ? 2 : 3
+            for (k, shift) in [18, 12, 6].enumerated() where k < chars { out.append(alphabet[Int((v >> UInt32(shift)) & 63)]) }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
