@@ -38,7 +38,8 @@ public final class MemoryEngine: Engine {
         var idempotency: [ChannelName: [String: IdempotencyRecord]] = [:]
         var presence: [ChannelName: [String: PresenceEntry]] = [:]
         var settings: [ChannelName: ChannelSettings] = [:]
-        var known: Set<ChannelName> = []
+        /// Channels created or used, with the time of first use.
+        var known: [ChannelName: Int64] = [:]
         var localSubscribers: [ChannelName: Int] = [:]
         var keys: [String: APIKeyRecord] = [:]
 
@@ -98,7 +99,7 @@ public final class MemoryEngine: Engine {
                 stream.maxDeletedID = removed.id
             }
             s.streams[channel] = stream
-            s.known.insert(channel)
+            if s.known[channel] == nil { s.known[channel] = now }
             if let key = request.idempotencyKey {
                 let window = Int64(configuration.idempotencyWindowSeconds) * 1000
                 s.idempotency[channel, default: [:]][key] = IdempotencyRecord(id: id, timestamp: now, expiresAt: now + window)
@@ -174,7 +175,7 @@ public final class MemoryEngine: Engine {
                 action = .enter
             }
             s.presence[channel, default: [:]][member.connectionID] = PresenceEntry(member: member, expiresAt: now + ttl)
-            s.known.insert(channel)
+            if s.known[channel] == nil { s.known[channel] = now }
             s.emit(.presence(PresenceEvent(channel: channel, action: action, member: member)))
             return action
         }
@@ -240,31 +241,32 @@ public final class MemoryEngine: Engine {
             var stored = settings
             stored.explicit = true
             s.settings[settings.name] = stored
-            s.known.insert(settings.name)
+            s.known[settings.name] = settings.createdAt
             return (stored, true)
         }
     }
 
     public func channelSettings(_ name: ChannelName) async throws -> ChannelSettings {
-        state.withLock { s in s.settings[name] } ?? defaultSettings(name)
+        let (explicit, firstUse) = state.withLock { s in (s.settings[name], s.known[name]) }
+        return explicit ?? defaultSettings(name, firstUse: firstUse ?? clock.nowMilliseconds())
     }
 
-    func defaultSettings(_ name: ChannelName) -> ChannelSettings {
+    func defaultSettings(_ name: ChannelName, firstUse: Int64) -> ChannelSettings {
         let d = configuration.channelDefaults
-        return ChannelSettings(name: name, type: d.type, historySize: d.historySize, historyTTLSeconds: d.historyTTLSeconds, createdAt: 0, explicit: false)
+        return ChannelSettings(name: name, type: d.type, historySize: d.historySize, historyTTLSeconds: d.historyTTLSeconds, createdAt: firstUse, explicit: false)
     }
 
     public func listChannels(limit: Int, after cursor: ChannelName?) async throws -> (channels: [ChannelSettings], hasMore: Bool) {
         let (names, settings) = state.withLock { s in (s.known, s.settings) }
-        let sorted = names.filter { cursor == nil || $0 > cursor! }.sorted()
-        let page = sorted.prefix(max(limit, 0)).map { settings[$0] ?? defaultSettings($0) }
+        let sorted = names.keys.filter { cursor == nil || $0 > cursor! }.sorted()
+        let page = sorted.prefix(max(limit, 0)).map { settings[$0] ?? defaultSettings($0, firstUse: names[$0]!) }
         return (Array(page), sorted.count > page.count)
     }
 
     public func deleteChannel(_ name: ChannelName) async throws -> Bool {
         let now = clock.nowMilliseconds()
         return state.withLock { s in
-            guard s.known.contains(name) || s.settings[name] != nil else { return false }
+            guard s.known[name] != nil || s.settings[name] != nil else { return false }
             for entry in (s.presence[name] ?? [:]).values.sorted(by: { $0.member.enteredAt < $1.member.enteredAt }) {
                 var member = entry.member
                 member.updatedAt = now
@@ -274,7 +276,7 @@ public final class MemoryEngine: Engine {
             s.streams[name] = nil
             s.idempotency[name] = nil
             s.settings[name] = nil
-            s.known.remove(name)
+            s.known[name] = nil
             s.emit(.channelDeleted(name))
             return true
         }

@@ -37,3 +37,12 @@ public struct MessageID: Hashable, Sendable, Comparable, CustomStringConvertible
         (lhs.milliseconds, lhs.sequence) < (rhs.milliseconds, rhs.sequence)
     }
 }
+
+extension MessageID {
+    /// The greatest id below this one (for inclusive upper bounds when paging backwards).
+    public var predecessor: MessageID {
+        if sequence > 0 { return MessageID(milliseconds: milliseconds, sequence: sequence - 1) }
+        if milliseconds == 0 { return .zero }
+        return MessageID(milliseconds: milliseconds - 1, sequence: .max)
+    }
+}

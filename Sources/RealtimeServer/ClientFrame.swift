@@ -1,0 +1,69 @@
+import Foundation
+import RealtimeCore
+
+/// One client -> server WebSocket frame: `{"op", "ref"?, ...}`. Unknown fields are ignored.
+struct ClientFrame: Decodable {
+    var op: String
+    /// Echoed back verbatim (as its JSON text) in the reply.
+    var ref: JSONValue?
+    var channel: String?
+    var sinceID: String?
+    var event: String?
+    var data: JSONValue?
+    var idempotencyKey: String?
+    var limit: Int?
+    var direction: String?
+    var token: String?
+
+    enum CodingKeys: String, CodingKey {
+        case op, ref, channel, sinceID = "since_id", event, data, idempotencyKey = "idempotency_key", limit, direction, token
+    }
+}
+
+/// Decoding client JSON (REST bodies and WebSocket frames) with errors that name the field.
+enum RequestDecoding {
+    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(RealtimeError) -> T {
+        try JSONGuard.checkDepth(bytes)
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(bytes))
+        } catch let error as DecodingError {
+            throw .badRequest(describe(error))
+        } catch {
+            throw .badRequest("not valid JSON")
+        }
+    }
+
+    static func describe(_ error: DecodingError) -> String {
+        func path(_ codingPath: [any CodingKey]) -> String {
+            codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".").replacingOccurrences(of: ".[", with: "[")
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            let parent = path(context.codingPath)
+            return "missing field '\(parent.isEmpty ? key.stringValue : parent + "." + key.stringValue)'"
+        case .typeMismatch(let type, let context):
+            return "field '\(path(context.codingPath))' has the wrong type (expected \(typeName(type)))"
+        case .valueNotFound(let type, let context):
+            return "field '\(path(context.codingPath))' is null (expected \(typeName(type)))"
+        case .dataCorrupted(let context):
+            let p = path(context.codingPath)
+            return p.isEmpty ? "not valid JSON" : "field '\(p)' is invalid"
+        @unknown default:
+            return "not valid JSON"
+        }
+    }
+
+    static func typeName(_ type: Any.Type) -> String {
+        switch type {
+        case is String.Type: return "string"
+        case is Int.Type, is Int64.Type: return "integer"
+        case is Double.Type: return "number"
+        case is Bool.Type: return "boolean"
+        default:
+            let name = "\(type)"
+            if name.hasPrefix("Array") || name.hasPrefix("[") { return "array" }
+            if name.hasPrefix("Dictionary") { return "object" }
+            return "object"
+        }
+    }
+}

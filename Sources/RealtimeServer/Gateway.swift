@@ -1,0 +1,175 @@
+import Foundation
+import Hummingbird
+import HummingbirdWSCompression
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import Prometheus
+import RealtimeCore
+import ServiceLifecycle
+import Synchronization
+
+/// One gateway node: the engine, the REST and WebSocket server, and the node's background work,
+/// as services for a `ServiceGroup` (in that order, so graceful shutdown drains WebSocket
+/// clients first, then stops the server, then the engine).
+public struct Gateway: Sendable {
+    public let configuration: GatewayConfiguration
+    /// The bootstrap API key in effect (configured or generated).
+    public let bootstrapKey: String
+    let runtime: GatewayRuntime
+    let boundPort = BoundPort()
+
+    /// - Parameters:
+    ///   - engine: nil builds the memory engine.
+    ///   - registry: where `/metrics` reads from; `main` bootstraps swift-metrics with the same one.
+    public init(
+        configuration: GatewayConfiguration, engine: (any Engine)? = nil, registry: PrometheusCollectorRegistry = .init(),
+        clock: any RealtimeClock = SystemClock(), logger: Logger? = nil
+    ) async throws {
+        var configuration = configuration
+        if configuration.tokenSecrets.isEmpty {
+            configuration.tokenSecrets = [TokenSecret(id: "default", secret: RandomID.base64URL(bytes: 32))]
+        }
+        if configuration.nodeID.isEmpty {
+            configuration.nodeID = (ProcessInfoHost.name ?? "node") + "-" + RandomID.hex(bytes: 3)
+        }
+        var logger = logger ?? Logger(label: "realtime.gateway")
+        logger[metadataKey: "node"] = .string(configuration.nodeID)
+        let key = configuration.apiKey ?? "rk_" + RandomID.base64URL(bytes: 24)
+        self.bootstrapKey = key
+        self.configuration = configuration
+        let engine = engine ?? MemoryEngine(configuration: configuration.engine, clock: clock)
+        let tokens = await TokenAuthority(secrets: configuration.tokenSecrets, clock: clock)
+        self.runtime = GatewayRuntime(
+            configuration: configuration, engine: engine, tokens: tokens, bootstrapKeyHash: APIKeyMaterial.hash(key),
+            metrics: GatewayMetrics(registry: registry), clock: clock, logger: logger)
+    }
+
+    /// The port the server listens on, once it does (useful with port 0).
+    public func listeningPort() async -> Int { await boundPort.wait() }
+
+    /// The node's services, in start order.
+    public var services: [any Service] {
+        [EngineService(runtime: runtime), application(), PresenceHeartbeatService(runtime: runtime), DrainService(runtime: runtime)]
+    }
+
+    /// Runs the node until SIGTERM or SIGINT, then shuts down within the configured bound.
+    public func run() async throws {
+        let timeout = Duration.seconds(configuration.timing.shutdownTimeoutSeconds)
+        var config = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: runtime.logger)
+        config.maximumGracefulShutdownDuration = timeout
+        config.maximumCancellationDuration = .seconds(2)
+        try await ServiceGroup(configuration: config).run()
+    }
+
+    func application() -> some Service {
+        let router = Router(context: GatewayRequestContext.self)
+        router.middlewares.add(ErrorMiddleware())
+        RESTController(runtime: runtime).register(on: router)
+        OperationsController(runtime: runtime).register(on: router)
+        WebSocketController(runtime: runtime).register(on: router)
+        let limits = configuration.limits
+        let frameLimit = max(4 * limits.maxInboundFrameBytes, 1 << 20)
+        let ws = WebSocketServerConfiguration(
+            maxFrameSize: frameLimit,
+            extensions: [.perMessageDeflate(maxDecompressedFrameSize: frameLimit)],
+            autoPing: .enabled(timePeriod: .seconds(configuration.timing.heartbeatSeconds)),
+            closeTimeout: .seconds(5)
+        )
+        let port = boundPort
+        return Application(
+            router: router,
+            server: .http1WebSocketUpgrade(webSocketRouter: router, configuration: ws),
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),
+            onServerRunning: { channel in port.set(channel.localAddress?.port ?? 0) },
+            logger: runtime.logger
+        )
+    }
+}
+
+/// The listening port, published once the server is up.
+final class BoundPort: Sendable {
+    private let state = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
+
+    func set(_ port: Int) {
+        let waiters = state.withLock { s in
+            s.port = port
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for w in waiters { w.resume(returning: port) }
+    }
+
+    func wait() async -> Int {
+        await withCheckedContinuation { c in
+            let port = state.withLock { s -> Int? in
+                if let p = s.port { return p }
+                s.waiters.append(c)
+                return nil
+            }
+            if let port { c.resume(returning: port) }
+        }
+    }
+}
+
+enum ProcessInfoHost {
+    static var name: String? {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return nil }
+        return String(cString: buffer)
+    }
+}
+
+/// Runs the engine and feeds its events to the hub; key revocations close affected connections.
+struct EngineService: Service {
+    let runtime: GatewayRuntime
+
+    func run() async throws {
+        let registry = runtime.registry
+        runtime.hub.onControl { event in
+            guard case .keyRevoked(let keyID) = event else { return }
+            for session in registry.all where session.claims?.keyID == keyID {
+                session.push(WebSocketSession.error(.tokenInvalid("the API key that minted this token was revoked"), ref: nil))
+                session.queue.close(code: 4001, reason: "token revoked")
+            }
+        }
+        let hub = runtime.hub
+        try await cancelWhenGracefulShutdown {
+            try await runtime.engine.run(delivering: { hub.handle($0) })
+        }
+    }
+}
+
+/// Refreshes the presence heartbeats of every member on this node.
+struct PresenceHeartbeatService: Service {
+    let runtime: GatewayRuntime
+
+    func run() async throws {
+        let period = Duration.seconds(runtime.configuration.timing.presenceHeartbeatSeconds)
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try await Task.sleep(for: period)
+                let members = runtime.registry.all.flatMap { s in s.presenceChannels.map { (channel: $0, connectionID: s.connectionID) } }
+                if !members.isEmpty { try? await runtime.engine.refreshPresence(members) }
+            }
+        }
+    }
+}
+
+/// On graceful shutdown (first, before the server stops): refuses new connections, tells every
+/// client to reconnect elsewhere with 1012 and waits, bounded, for their sessions to clean up
+/// (which removes their presence members with leave events).
+struct DrainService: Service {
+    let runtime: GatewayRuntime
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        runtime.draining.store(true, ordering: .relaxed)
+        for session in runtime.registry.all { session.queue.close(code: 1012, reason: "node draining") }
+        let deadline = ContinuousClock.now + .seconds(max(1, runtime.configuration.timing.shutdownTimeoutSeconds - 2))
+        while runtime.registry.count > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        runtime.logger.info("drained", metadata: ["connections_left": "\(runtime.registry.count)"])
+    }
+}

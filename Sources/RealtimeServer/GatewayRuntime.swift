@@ -1,0 +1,120 @@
+import Logging
+import RealtimeCore
+import Synchronization
+
+/// What REST routes, WebSocket sessions and background services of one node share.
+final class GatewayRuntime: Sendable {
+    let configuration: GatewayConfiguration
+    let engine: any Engine
+    let hub: ChannelHub
+    let tokens: TokenAuthority
+    let keys: APIKeyAuthenticator
+    let registry: ConnectionRegistry
+    let metrics: GatewayMetrics
+    let clock: any RealtimeClock
+    let logger: Logger
+    let keyLimiter: KeyedRateLimiter
+    let draining = Atomic<Bool>(false)
+    let startedAt: Int64
+
+    init(
+        configuration: GatewayConfiguration, engine: any Engine, tokens: TokenAuthority, bootstrapKeyHash: String,
+        metrics: GatewayMetrics, clock: any RealtimeClock, logger: Logger
+    ) {
+        self.configuration = configuration
+        self.engine = engine
+        self.hub = ChannelHub(engine: engine, resumeBufferLimit: configuration.limits.outboundQueueFrames)
+        self.tokens = tokens
+        self.keys = APIKeyAuthenticator(engine: engine, bootstrapHash: bootstrapKeyHash)
+        self.registry = ConnectionRegistry()
+        self.metrics = metrics
+        self.clock = clock
+        self.logger = logger
+        self.keyLimiter = KeyedRateLimiter(rate: configuration.limits.keyPublishRate, clock: clock)
+        self.startedAt = clock.nowMilliseconds()
+    }
+
+    /// Verifies a token and, when an API key minted it, that the key is still valid (`40141` if revoked).
+    func verifyToken(_ token: String) async throws(RealtimeError) -> TokenClaims {
+        let claims = try await tokens.verify(token)
+        if let keyID = claims.keyID, keyID != APIKeyMaterial.bootstrapKeyID {
+            let record: APIKeyRecord?
+            do { record = try await engine.key(id: keyID) } catch { throw .engineUnavailable("cannot check the token's key") }
+            guard let record, !record.revoked else { throw .tokenInvalid("the API key that minted this token was revoked") }
+        }
+        return claims
+    }
+
+    /// Checks an operation against the channel's type and the token's capabilities.
+    ///
+    /// On `public` channels subscribe, history and reading presence need no capability; entering
+    /// presence and publishing always do.
+    func authorize(_ op: ChannelOperation, readOnly: Bool, on settings: ChannelSettings, claims: TokenClaims) throws(RealtimeError) {
+        if settings.type == .public, readOnly { return }
+        guard claims.capabilities.allows(op, on: settings.name) else {
+            throw .capabilityMissing(op.rawValue, settings.name.rawValue)
+        }
+    }
+
+    func settings(_ channel: ChannelName) async throws(RealtimeError) -> ChannelSettings {
+        do { return try await engine.channelSettings(channel) } catch { throw Self.engineError(error) }
+    }
+
+    /// Maps anything an engine throws to the contract's errors.
+    static func engineError(_ error: any Error) -> RealtimeError {
+        (error as? RealtimeError) ?? .engineUnavailable()
+    }
+
+    /// Validates `data`/`event` size and returns the compact data text.
+    func checkMessageSize(event: String, data: String) throws(RealtimeError) {
+        let size = event.utf8.count + data.utf8.count
+        guard size <= configuration.limits.maxMessageBytes else {
+            throw .tooLarge("message is \(size) bytes; the limit is \(configuration.limits.maxMessageBytes) (data JSON plus event)")
+        }
+    }
+}
+
+/// Checks API keys: the configured bootstrap key, then stored keys by id, hashes compared in constant time.
+struct APIKeyAuthenticator: Sendable {
+    let engine: any Engine
+    let bootstrapHash: String
+
+    struct Authenticated: Sendable {
+        var keyID: String
+        var scopes: Set<APIScope>
+    }
+
+    func authenticate(_ presented: String?) async throws(RealtimeError) -> Authenticated {
+        guard let presented, !presented.isEmpty else { throw .noCredentials("missing API key: send Authorization: Bearer <key> or X-API-Key") }
+        if APIKeyMaterial.matches(presented, hash: bootstrapHash) {
+            return Authenticated(keyID: APIKeyMaterial.bootstrapKeyID, scopes: Set(APIScope.allCases))
+        }
+        guard let keyID = APIKeyMaterial.keyID(of: presented) else { throw .noCredentials("unknown API key") }
+        let record: APIKeyRecord?
+        do { record = try await engine.key(id: keyID) } catch { throw GatewayRuntime.engineError(error) }
+        guard let record, !record.revoked, APIKeyMaterial.matches(presented, hash: record.secretHash) else {
+            throw .noCredentials("unknown API key")
+        }
+        return Authenticated(keyID: record.keyID, scopes: Set(record.scopes))
+    }
+}
+
+/// The node's open WebSocket sessions.
+final class ConnectionRegistry: Sendable {
+    private let sessions = Mutex<[String: WebSocketSession]>([:])
+
+    /// Adds unless `limit` sessions are already open.
+    func add(_ session: WebSocketSession, limit: Int) -> Bool {
+        sessions.withLock { s in
+            guard s.count < limit else { return false }
+            s[session.connectionID] = session
+            return true
+        }
+    }
+
+    func remove(_ session: WebSocketSession) { _ = sessions.withLock { $0.removeValue(forKey: session.connectionID) } }
+
+    var count: Int { sessions.withLock { $0.count } }
+
+    var all: [WebSocketSession] { sessions.withLock { Array($0.values) } }
+}

@@ -1,0 +1,63 @@
+import Hummingbird
+import NIOCore
+import RealtimeCore
+
+/// JSON responses and the contract's error envelope.
+enum JSONResponse {
+    static func make(_ status: HTTPResponse.Status, _ text: String, headers: HTTPFields = [:]) -> Response {
+        var headers = headers
+        headers[.contentType] = "application/json; charset=utf-8"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    static func object(_ status: HTTPResponse.Status = .ok, _ body: (inout JSONWriter) -> Void) -> Response {
+        var w = JSONWriter()
+        w.raw("{")
+        body(&w)
+        w.raw("}")
+        return make(status, w.text)
+    }
+
+    /// `{"code","message","status"}`, the body of `"error"` in responses and batch results.
+    static func errorObject(_ error: RealtimeError) -> String {
+        var w = JSONWriter()
+        w.raw("{")
+        w.key("code", first: true); w.raw(String(error.code))
+        w.key("message"); w.string(error.message)
+        w.key("status"); w.raw(String(error.status))
+        w.raw("}")
+        return w.text
+    }
+
+    static func error(_ error: RealtimeError) -> Response {
+        var headers: HTTPFields = [:]
+        if let retry = error.retryAfterMilliseconds {
+            headers[.retryAfter] = String(max(1, (retry + 999) / 1000))
+        }
+        return make(HTTPResponse.Status(code: error.status), "{\"error\":\(errorObject(error))}", headers: headers)
+    }
+}
+
+/// Turns every error a route throws into the contract's JSON error envelope.
+struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as RealtimeError {
+            return JSONResponse.error(error)
+        } catch let error as HTTPError {
+            switch error.status {
+            case .notFound: return JSONResponse.error(.notFound("no such endpoint: \(request.method) \(request.uri.path)"))
+            case .contentTooLarge: return JSONResponse.error(.tooLarge("request body too large"))
+            case .methodNotAllowed: return JSONResponse.error(RealtimeError(code: 40500, message: "method not allowed"))
+            case .badRequest: return JSONResponse.error(.badRequest(error.body ?? "bad request"))
+            default:
+                let status = error.status.code
+                return JSONResponse.error(RealtimeError(code: status * 100, message: error.body ?? error.status.reasonPhrase))
+            }
+        } catch {
+            context.logger.error("unhandled error", metadata: ["error": "\(error)"])
+            return JSONResponse.error(.internal())
+        }
+    }
+}

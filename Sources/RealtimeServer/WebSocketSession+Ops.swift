@@ -1,0 +1,224 @@
+import NIOCore
+import RealtimeCore
+
+extension WebSocketSession {
+    /// Handles one complete client message; every failure becomes an `error` push and the
+    /// connection stays open.
+    func handle(_ bytes: [UInt8]) async {
+        let frame: ClientFrame
+        do {
+            frame = try RequestDecoding.decode(ClientFrame.self, from: bytes)
+        } catch {
+            push(Self.error(error, ref: nil))
+            return
+        }
+        guard let claims else {
+            if frame.op == "auth", let token = frame.token {
+                _ = await authenticate(token: token, ref: frame.ref, initial: true)
+            } else {
+                push(Self.error(.noCredentials("authenticate first: send {\"op\":\"auth\",\"token\":...}"), ref: frame.ref))
+                queue.close(code: 4001, reason: "not authenticated")
+            }
+            return
+        }
+        do {
+            try await perform(frame, claims: claims)
+        } catch {
+            push(Self.error(error, ref: frame.ref))
+        }
+    }
+
+    private func perform(_ frame: ClientFrame, claims: TokenClaims) async throws(RealtimeError) {
+        switch frame.op {
+        case "ping":
+            push(Self.reply("pong", ref: frame.ref))
+        case "auth":
+            guard let token = frame.token else { throw .badRequest("missing field 'token'") }
+            _ = await authenticate(token: token, ref: frame.ref, initial: false)
+        case "subscribe":
+            try await subscribe(frame, claims: claims)
+        case "unsubscribe":
+            let channel = try channelName(frame)
+            await unsubscribe(channel)
+            push(Self.reply("unsubscribed", ref: frame.ref) { $0.key("channel"); $0.string(channel.rawValue) })
+        case "publish":
+            try await publish(frame, claims: claims)
+        case "presence.enter", "presence.update":
+            try await enterPresence(frame, claims: claims)
+        case "presence.leave":
+            let channel = try channelName(frame)
+            let settings = try await runtime.settings(channel)
+            try runtime.authorize(.presence, readOnly: false, on: settings, claims: claims)
+            try await leavePresence(channel)
+            push(Self.reply("ack", ref: frame.ref))
+        case "presence.get":
+            let channel = try channelName(frame)
+            let settings = try await runtime.settings(channel)
+            try runtime.authorize(.presence, readOnly: true, on: settings, claims: claims)
+            let members: [PresenceMember]
+            do { members = try await runtime.engine.presenceMembers(channel) } catch { throw GatewayRuntime.engineError(error) }
+            push(Self.reply("presence", ref: frame.ref) { w in
+                w.key("channel"); w.string(channel.rawValue)
+                w.key("members"); w.raw("[" + members.map(\.json).joined(separator: ",") + "]")
+            })
+        case "history":
+            let channel = try channelName(frame)
+            let settings = try await runtime.settings(channel)
+            try runtime.authorize(.history, readOnly: true, on: settings, claims: claims)
+            let query = try HistoryParameters.query(
+                limit: frame.limit, direction: frame.direction, sinceID: frame.sinceID, untilID: nil,
+                maxLimit: runtime.configuration.limits.maxHistoryLimit)
+            let page: HistoryPage
+            do { page = try await runtime.engine.history(channel, query) } catch { throw GatewayRuntime.engineError(error) }
+            push(Self.reply("history", ref: frame.ref) { w in
+                w.key("channel"); w.string(channel.rawValue)
+                w.key("messages"); w.raw("[" + page.messages.map { $0.json(asPush: false) }.joined(separator: ",") + "]")
+            })
+        default:
+            throw .badRequest("unknown op '\(frame.op.prefix(64))'")
+        }
+    }
+
+    private func channelName(_ frame: ClientFrame) throws(RealtimeError) -> ChannelName {
+        guard let raw = frame.channel else { throw .badRequest("missing field 'channel'") }
+        return try ChannelName(validating: raw)
+    }
+
+    private func subscribe(_ frame: ClientFrame, claims: TokenClaims) async throws(RealtimeError) {
+        let channel = try channelName(frame)
+        var since: MessageID?
+        if let raw = frame.sinceID {
+            guard let id = MessageID(raw) else { throw .badRequest("field 'since_id' is not a message id (<ms>-<seq>)") }
+            since = id
+        }
+        let settings = try await runtime.settings(channel)
+        try runtime.authorize(.subscribe, readOnly: true, on: settings, claims: claims)
+        let limit = runtime.configuration.limits.maxSubscriptionsPerConnection
+        try state.withLock { s throws(RealtimeError) in
+            guard s.subscriptions[channel] == nil else { throw .conflict("already subscribed to '\(channel)'") }
+            guard s.subscriptions.count < limit else { throw .badRequest("subscription limit of \(limit) channels reached") }
+            s.subscriptions[channel] = .pending
+        }
+        let subscription: HubSubscription?
+        do {
+            subscription = try await runtime.hub.subscribe(channel, sink: self, since: since) { outcome in
+                push(Self.reply("subscribed", ref: frame.ref) { w in
+                    w.key("channel"); w.string(channel.rawValue)
+                    w.key("resumed"); w.raw(outcome.resumed ? "true" : "false")
+                    w.key("replayed"); w.raw(String(outcome.replayed))
+                })
+            }
+        } catch {
+            state.withLock { _ = $0.subscriptions.removeValue(forKey: channel) }
+            throw GatewayRuntime.engineError(error)
+        }
+        guard let subscription else { return }
+        let kept = state.withLock { s -> Bool in
+            guard case .pending = s.subscriptions[channel] else { return false }
+            s.subscriptions[channel] = .live(subscription)
+            return true
+        }
+        guard kept else {
+            await runtime.hub.unsubscribe(subscription)
+            return
+        }
+        runtime.metrics.subscriptions.increment()
+        // Presence channels enter presence on subscribe for tokens allowed to be present.
+        if settings.type == .presence, claims.capabilities.allows(.presence, on: channel) {
+            try await enter(channel, data: nil, claims: claims)
+        }
+    }
+
+    func unsubscribe(_ channel: ChannelName) async {
+        let slot = state.withLock { $0.subscriptions.removeValue(forKey: channel) }
+        if case .live(let sub) = slot {
+            await runtime.hub.unsubscribe(sub)
+            runtime.metrics.subscriptions.decrement()
+        }
+        try? await leavePresence(channel)
+    }
+
+    private func publish(_ frame: ClientFrame, claims: TokenClaims) async throws(RealtimeError) {
+        let channel = try channelName(frame)
+        guard let event = frame.event else { throw .badRequest("missing field 'event'") }
+        let now = runtime.clock.nowMilliseconds()
+        let rate = runtime.configuration.limits.connectionPublishRate
+        if let wait = state.withLock({ s -> Int? in
+            if s.publishBucket == nil { s.publishBucket = TokenBucket(rate: rate, now: now) }
+            return s.publishBucket!.take(now: now)
+        }) {
+            runtime.metrics.rateLimited.increment()
+            throw .rateLimited(retryAfterMilliseconds: wait)
+        }
+        let data = (frame.data ?? .null).jsonText
+        try runtime.checkMessageSize(event: event, data: data)
+        let settings = try await runtime.settings(channel)
+        try runtime.authorize(.publish, readOnly: false, on: settings, claims: claims)
+        let outcome: PublishOutcome
+        do {
+            outcome = try await runtime.engine.publish(
+                PublishRequest(channel: channel, event: event, data: data, clientID: claims.clientID, idempotencyKey: frame.idempotencyKey),
+                settings: settings)
+        } catch {
+            throw GatewayRuntime.engineError(error)
+        }
+        (outcome.status == .published ? runtime.metrics.published : runtime.metrics.duplicates).increment()
+        push(Self.reply("ack", ref: frame.ref) { w in
+            w.key("message_id"); w.string(outcome.id.description)
+            w.key("status"); w.string(outcome.status.rawValue)
+        })
+    }
+
+    private func enterPresence(_ frame: ClientFrame, claims: TokenClaims) async throws(RealtimeError) {
+        let channel = try channelName(frame)
+        let settings = try await runtime.settings(channel)
+        try runtime.authorize(.presence, readOnly: false, on: settings, claims: claims)
+        let data = frame.data.flatMap { $0 == .null ? nil : $0.jsonText }
+        if let data, data.utf8.count > runtime.configuration.limits.maxPresenceDataBytes {
+            throw .tooLarge("presence data is \(data.utf8.count) bytes; the limit is \(runtime.configuration.limits.maxPresenceDataBytes)")
+        }
+        try await enter(channel, data: data, claims: claims)
+        push(Self.reply("ack", ref: frame.ref))
+    }
+
+    private func enter(_ channel: ChannelName, data: String?, claims: TokenClaims) async throws(RealtimeError) {
+        let now = runtime.clock.nowMilliseconds()
+        let member = PresenceMember(clientID: claims.clientID, userID: claims.userID, connectionID: connectionID, data: data, enteredAt: now, updatedAt: now)
+        do { try await runtime.engine.enterPresence(channel, member: member) } catch { throw GatewayRuntime.engineError(error) }
+        state.withLock { _ = $0.presence.insert(channel) }
+    }
+
+    private func leavePresence(_ channel: ChannelName) async throws(RealtimeError) {
+        let wasPresent = state.withLock { $0.presence.remove(channel) != nil }
+        guard wasPresent else { return }
+        do { try await runtime.engine.leavePresence(channel, connectionID: connectionID) } catch { throw GatewayRuntime.engineError(error) }
+    }
+
+    /// This connection's presence memberships, for the node's heartbeat.
+    var presenceChannels: [ChannelName] { state.withLock { Array($0.presence) } }
+}
+
+/// History query parameters shared by REST and WebSocket.
+enum HistoryParameters {
+    static func query(limit: Int?, direction: String?, sinceID: String?, untilID: String?, maxLimit: Int) throws(RealtimeError) -> HistoryQuery {
+        let limit = limit ?? min(100, maxLimit)
+        guard limit >= 1, limit <= maxLimit else { throw .badRequest("field 'limit' must be from 1 to \(maxLimit)") }
+        let dir: HistoryQuery.Direction
+        switch direction {
+        case nil, "backwards": dir = .backwards
+        case "forwards": dir = .forwards
+        default: throw .badRequest("field 'direction' must be 'backwards' or 'forwards'")
+        }
+        var after: MessageID?
+        var through: MessageID?
+        if let sinceID {
+            guard let id = MessageID(sinceID) else { throw .badRequest("field 'since_id' is not a message id (<ms>-<seq>)") }
+            after = id
+        }
+        if let untilID {
+            guard let id = MessageID(untilID) else { throw .badRequest("field 'until_id' is not a message id (<ms>-<seq>)") }
+            through = id
+        }
+        return HistoryQuery(limit: limit, direction: dir, after: after, through: through)
+    }
+}

@@ -1,0 +1,262 @@
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import NIOWebSocket
+import RealtimeCore
+import Synchronization
+
+/// One WebSocket connection: authentication, ops, its subscriptions and presence, and the
+/// bounded queue every frame to it goes through.
+final class WebSocketSession: SubscriberSink {
+    let connectionID: String
+    let runtime: GatewayRuntime
+    let queue: OutboundQueue
+    let channel: any Channel
+    let state = Mutex(State())
+
+    enum SubscriptionSlot {
+        /// Subscribe in progress; a deletion meanwhile removes the slot.
+        case pending
+        case live(HubSubscription)
+    }
+
+    struct State {
+        var claims: TokenClaims?
+        var subscriptions: [ChannelName: SubscriptionSlot] = [:]
+        var presence: Set<ChannelName> = []
+        var publishBucket: TokenBucket?
+        /// Expiry for which `token_expiring` was already sent.
+        var warnedFor: Int64?
+    }
+
+    init(runtime: GatewayRuntime, channel: any Channel) {
+        self.connectionID = "conn_" + RandomID.hex(bytes: 12)
+        self.runtime = runtime
+        self.channel = channel
+        self.queue = OutboundQueue(limit: runtime.configuration.limits.outboundQueueFrames)
+    }
+
+    var claims: TokenClaims? { state.withLock { $0.claims } }
+
+    // MARK: SubscriberSink
+
+    func send(_ frame: ByteBuffer) {
+        if queue.push(frame) {
+            runtime.metrics.delivered.increment()
+        } else if queue.isClosing {
+            noteSlowConsumerIfNeeded()
+        }
+    }
+
+    func slowConsumer() {
+        queue.close(code: 4008, reason: "slow consumer", dropQueued: true)
+        noteSlowConsumerIfNeeded()
+    }
+
+    private let slowNoted = Atomic<Bool>(false)
+    private func noteSlowConsumerIfNeeded() {
+        if !slowNoted.exchange(true, ordering: .relaxed) { runtime.metrics.slowConsumers.increment() }
+    }
+
+    func channelEnded(_ channel: ChannelName) {
+        let wasSubscribed = state.withLock { $0.subscriptions.removeValue(forKey: channel) != nil }
+        state.withLock { _ = $0.presence.remove(channel) }
+        if wasSubscribed { push(Self.reply("unsubscribed", ref: nil) { $0.key("channel"); $0.string(channel.rawValue) }) }
+    }
+
+    // MARK: Lifecycle
+
+    /// Runs the connection until either side closes, then leaves presence and unsubscribes.
+    func run(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, queryToken: String?) async {
+        runtime.metrics.connections.increment()
+        runtime.metrics.connectionsOpened.increment()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.writeLoop(outbound) }
+            group.addTask { await self.readLoop(inbound, queryToken: queryToken) }
+            group.addTask { await self.expiryLoop() }
+            await group.next()
+            // Whichever ended first, let the writer flush a pending close before stopping the rest.
+            queue.close(code: 1000, reason: "")
+            group.cancelAll()
+        }
+        await cleanup()
+        runtime.metrics.connections.decrement()
+    }
+
+    func cleanup() async {
+        let (subs, present) = state.withLock { s -> ([HubSubscription], Set<ChannelName>) in
+            let subs = s.subscriptions.values.compactMap { slot -> HubSubscription? in
+                if case .live(let sub) = slot { return sub }
+                return nil
+            }
+            let present = s.presence
+            s.subscriptions = [:]
+            s.presence = []
+            return (subs, present)
+        }
+        for sub in subs { await runtime.hub.unsubscribe(sub) }
+        runtime.metrics.subscriptions.decrement(by: Double(subs.count))
+        for channel in present { _ = try? await runtime.engine.leavePresence(channel, connectionID: connectionID) }
+    }
+
+    private func writeLoop(_ outbound: WebSocketOutboundWriter) async {
+        while let item = await queue.next() {
+            switch item {
+            case .frame(let buffer):
+                do {
+                    try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: buffer)))
+                } catch {
+                    return
+                }
+            case .close(let code, let reason):
+                // A peer that does not read cannot take the close frame; cut it off after a bound.
+                let channel = self.channel
+                channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+                try? await outbound.close(code == 1000 ? .normalClosure : .unknown(code), reason: reason.isEmpty ? nil : reason)
+                return
+            }
+        }
+    }
+
+    private func readLoop(_ inbound: WebSocketInboundStream, queryToken: String?) async {
+        if let token = queryToken {
+            guard await authenticate(token: token, ref: nil, initial: true) else { return }
+        }
+        let limit = runtime.configuration.limits.maxInboundFrameBytes
+        var message: [UInt8] = []
+        do {
+            for try await frame in inbound {
+                switch frame.opcode {
+                case .text, .binary:
+                    message.removeAll(keepingCapacity: message.count < 65_536)
+                    message.append(contentsOf: frame.data.readableBytesView)
+                case .continuation:
+                    message.append(contentsOf: frame.data.readableBytesView)
+                default:
+                    continue
+                }
+                if message.count > limit {
+                    push(Self.error(RealtimeError.tooLarge("frame exceeds \(limit) bytes"), ref: nil))
+                    queue.close(code: 4009, reason: "message too big")
+                    return
+                }
+                guard frame.fin else { continue }
+                await handle(message)
+                if queue.isClosing { return }
+            }
+        } catch {
+            return
+        }
+    }
+
+    /// Pushes `token_expiring` before expiry and closes with 4001 at expiry (or when no `auth`
+    /// frame arrives in time).
+    private func expiryLoop() async {
+        let clock = runtime.clock
+        let authDeadline = clock.nowMilliseconds() + Int64(runtime.configuration.timing.authTimeoutSeconds) * 1000
+        let warning = Int64(runtime.configuration.timing.tokenExpiryWarningSeconds) * 1000
+        while !Task.isCancelled {
+            let now = clock.nowMilliseconds()
+            let wake: Int64
+            switch state.withLock({ ($0.claims?.expiresAt, $0.warnedFor) }) {
+            case (nil, _):
+                if now >= authDeadline {
+                    push(Self.error(.noCredentials("no auth frame within \(runtime.configuration.timing.authTimeoutSeconds) s"), ref: nil))
+                    queue.close(code: 4001, reason: "authentication timeout")
+                    return
+                }
+                wake = authDeadline
+            case (let exp?, let warned):
+                let expiresAt = exp * 1000
+                if now >= expiresAt {
+                    push(Self.error(.tokenExpired(), ref: nil))
+                    queue.close(code: 4001, reason: "token expired")
+                    return
+                }
+                if warned != exp, now >= expiresAt - warning {
+                    state.withLock { $0.warnedFor = exp }
+                    push(Self.frame("token_expiring") { $0.key("expires_at"); $0.string(Timestamp.iso8601(milliseconds: expiresAt)) })
+                    continue
+                }
+                wake = warned == exp ? expiresAt : expiresAt - warning
+            }
+            do {
+                try await Task.sleep(for: .milliseconds(max(wake - now, 1)))
+            } catch {
+                return
+            }
+        }
+    }
+
+    /// Verifies a token (initial connect or `auth` refresh). Failure at connect closes with 4001.
+    func authenticate(token: String, ref: JSONValue?, initial: Bool) async -> Bool {
+        let claims: TokenClaims
+        do {
+            claims = try await runtime.verifyToken(token)
+        } catch {
+            push(Self.error(error, ref: ref))
+            if initial || self.claims == nil { queue.close(code: 4001, reason: error.code == 40140 ? "token expired" : "token invalid") }
+            return false
+        }
+        let previous = self.claims
+        if let previous, previous.clientID != claims.clientID {
+            push(Self.error(.tokenInvalid("a refreshed token must carry the same client_id"), ref: ref))
+            return false
+        }
+        state.withLock { $0.claims = claims }
+        let expiresAt = Timestamp.iso8601(milliseconds: claims.expiresAt * 1000)
+        if previous == nil {
+            push(Self.frame("connected") {
+                $0.key("connection_id"); $0.string(connectionID)
+                $0.key("client_id"); $0.string(claims.clientID)
+                if let uid = claims.userID { $0.key("user_id"); $0.string(uid) }
+                $0.key("expires_at"); $0.string(expiresAt)
+                $0.key("heartbeat_seconds"); $0.raw(String(runtime.configuration.timing.heartbeatSeconds))
+                $0.key("max_message_bytes"); $0.raw(String(runtime.configuration.limits.maxMessageBytes))
+            })
+        } else {
+            push(Self.reply("ack", ref: ref) { $0.key("expires_at"); $0.string(expiresAt) })
+            await dropSubscriptionsNoLongerAllowed(claims)
+        }
+        return true
+    }
+
+    private func dropSubscriptionsNoLongerAllowed(_ claims: TokenClaims) async {
+        let channels = state.withLock { Array($0.subscriptions.keys) }
+        for channel in channels {
+            guard let settings = try? await runtime.settings(channel) else { continue }
+            if (try? runtime.authorize(.subscribe, readOnly: true, on: settings, claims: claims)) == nil {
+                await unsubscribe(channel)
+                push(Self.reply("unsubscribed", ref: nil) { $0.key("channel"); $0.string(channel.rawValue) })
+            }
+        }
+    }
+
+    // MARK: Frames
+
+    func push(_ text: String) { send(ByteBuffer(string: text)) }
+
+    static func frame(_ type: String, _ body: (inout JSONWriter) -> Void = { _ in }) -> String {
+        var w = JSONWriter()
+        w.raw("{\"type\":")
+        w.string(type)
+        body(&w)
+        w.raw("}")
+        return w.text
+    }
+
+    static func reply(_ type: String, ref: JSONValue?, _ body: (inout JSONWriter) -> Void = { _ in }) -> String {
+        frame(type) { w in
+            if let ref { w.key("ref"); w.write(ref) }
+            body(&w)
+        }
+    }
+
+    static func error(_ error: RealtimeError, ref: JSONValue?) -> String {
+        reply("error", ref: ref) { w in
+            w.key("code"); w.raw(String(error.code))
+            w.key("message"); w.string(error.message)
+            if let retry = error.retryAfterMilliseconds { w.key("retry_after_ms"); w.raw(String(retry)) }
+        }
+    }
+}

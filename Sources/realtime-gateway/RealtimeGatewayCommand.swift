@@ -1,0 +1,84 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Metrics
+import Prometheus
+import RealtimeServer
+
+/// `realtime-gateway`: configuration -> engine -> server. Every setting is an environment
+/// variable and a flag of the same name (`REALTIME_PORT` = `--port`); flags win.
+@main
+struct RealtimeGatewayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "realtime-gateway",
+        abstract: "A realtime messaging gateway node (REST publish, WebSocket subscribe).",
+        discussion: "Settings (environment variable / flag):\n"
+            + GatewayConfiguration.settings.map { "  \($0.variable) / --\($0.flag)\n      \($0.help)" }.joined(separator: "\n")
+    )
+
+    @Argument(parsing: .captureForPassthrough, help: "Settings as --flag value or --flag=value.")
+    var flags: [String] = []
+
+    func run() async throws {
+        let config: GatewayConfiguration
+        do {
+            config = try GatewayConfiguration.load(try Self.settingValues(environment: ProcessInfo.processInfo.environment, flags: flags))
+        } catch {
+            FileHandle.standardError.write(Data("realtime-gateway: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        if config.redisURL != nil {
+            FileHandle.standardError.write(Data("realtime-gateway: invalid setting REALTIME_REDIS_URL: the redis engine is not in this build yet; unset it to run the memory engine\n".utf8))
+            throw ExitCode(2)
+        }
+        let level = Logger.Level(rawValue: config.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let gateway = try await Gateway(configuration: config, registry: registry)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await gateway.run() }
+            group.addTask {
+                let port = await gateway.listeningPort()
+                var banner = "realtime-gateway listening on http://\(config.host):\(port) (engine: memory, node: \(gateway.configuration.nodeID))\n"
+                banner += "WebSocket endpoint: ws://\(config.host):\(port)/v1/realtime/ws\n"
+                if config.apiKey == nil {
+                    banner += "Bootstrap API key (all scopes, shown once): \(gateway.bootstrapKey)\n"
+                } else {
+                    banner += "Bootstrap API key: from REALTIME_API_KEY\n"
+                }
+                FileHandle.standardOutput.write(Data(banner.utf8))
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    /// Environment `REALTIME_*` variables overlaid with `--flag value` / `--flag=value` arguments.
+    static func settingValues(environment: [String: String], flags: [String]) throws -> [String: String] {
+        var values = environment.filter { $0.key.hasPrefix("REALTIME_") }
+        let byFlag = Dictionary(uniqueKeysWithValues: GatewayConfiguration.settings.map { ($0.flag, $0.variable) })
+        var i = 0
+        while i < flags.count {
+            let arg = flags[i]
+            guard arg.hasPrefix("--") else { throw ConfigurationError(setting: arg, problem: "expected a --flag") }
+            var name = String(arg.dropFirst(2))
+            var value: String
+            if let eq = name.firstIndex(of: "=") {
+                value = String(name[name.index(after: eq)...])
+                name = String(name[..<eq])
+            } else {
+                guard i + 1 < flags.count else { throw ConfigurationError(setting: "--\(name)", problem: "missing value") }
+                i += 1
+                value = flags[i]
+            }
+            guard let variable = byFlag[name] else { throw ConfigurationError(setting: "--\(name)", problem: "unknown flag") }
+            values[variable] = value
+            i += 1
+        }
+        return values
+    }
+}
