@@ -72,6 +72,11 @@ let package = Package(
         ),
         .testTarget(
             name: "RealtimeCoreTests",
+            dependencies: ["RealtimeCore", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "EngineConformanceTests",
             dependencies: ["RealtimeCore"],
             swiftSettings: swiftSettings
         ),

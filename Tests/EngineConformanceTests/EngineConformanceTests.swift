@@ -1,0 +1,223 @@
+import RealtimeCore
+import Testing
+
+/// The engine contract (see `Engine`), checked against every engine kind.
+@Suite struct EngineConformanceTests {
+    @Test(arguments: EngineKind.allCases)
+    func idsStrictlyIncreaseAndHistoryKeepsPublishOrder(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let s = settings("orders:eu")
+            var ids: [MessageID] = []
+            for i in 0..<50 {
+                ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)"), settings: s).id)
+            }
+            #expect(zip(ids, ids.dropFirst()).allSatisfy { $0 < $1 })
+            let forwards = try await t.engine.history(s.name, HistoryQuery(limit: 100, direction: .forwards))
+            #expect(forwards.messages.map(\.id) == ids && !forwards.hasMore)
+            #expect(forwards.messages.map(\.data) == (0..<50).map { "\($0)" })
+            let backwards = try await t.engine.history(s.name, HistoryQuery(limit: 10, direction: .backwards))
+            #expect(backwards.messages.map(\.id) == Array(ids.suffix(10).reversed()) && backwards.hasMore)
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func attachedNodeReceivesEveryMessageInOrderOnce(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let s = settings("live")
+            try await t.engine.attach(s.name)
+            var ids: [MessageID] = []
+            for i in 0..<20 { ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)"), settings: s).id) }
+            try await t.events.wait("20 messages") { $0.messages.count >= 20 }
+            #expect(t.events.messages.map(\.id) == ids)
+            await t.engine.detach(s.name)
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func repeatedIdempotencyKeyReturnsTheOriginalAndPublishesNothing(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let s = settings("pay")
+            try await t.engine.attach(s.name)
+            let first = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1", idempotencyKey: "k"), settings: s)
+            let again = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "2", idempotencyKey: "k"), settings: s)
+            #expect(first.status == .published && again.status == .duplicate && again.id == first.id && again.timestamp == first.timestamp)
+            // The key is per channel.
+            let elsewhere = try await t.engine.publish(PublishRequest(channel: channel("pay2"), event: "e", data: "3", idempotencyKey: "k"), settings: settings("pay2"))
+            #expect(elsewhere.status == .published)
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(t.events.messages.filter { $0.channel == s.name }.count == 1)
+            #expect(try await t.engine.history(s.name, HistoryQuery(limit: 10, direction: .forwards)).messages.map(\.data) == ["1"])
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func historyIsTrimmedToHistorySizeAndReplayReportsTheGap(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let s = settings("trim", historySize: 3)
+            var ids: [MessageID] = []
+            for i in 0..<6 { ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)"), settings: s).id) }
+            let kept = try await t.engine.history(s.name, HistoryQuery(limit: 100, direction: .forwards)).messages.map(\.id)
+            #expect(kept == Array(ids.suffix(3)))
+            let lost = try await t.engine.replay(s.name, after: ids[0])
+            #expect(!lost.complete && lost.messages.map(\.id) == Array(ids.suffix(3)))
+            let exact = try await t.engine.replay(s.name, after: ids[3])
+            #expect(exact.complete && exact.messages.map(\.id) == Array(ids.suffix(2)))
+            let none = try await t.engine.replay(s.name, after: ids[5])
+            #expect(none.complete && none.messages.isEmpty)
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func historyBoundsPageThroughEverythingExactlyOnce(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let s = settings("pages")
+            var ids: [MessageID] = []
+            for i in 0..<25 { ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)"), settings: s).id) }
+            var seen: [MessageID] = []
+            var after: MessageID?
+            while true {
+                let page = try await t.engine.history(s.name, HistoryQuery(limit: 7, direction: .forwards, after: after))
+                seen += page.messages.map(\.id)
+                guard page.hasMore else { break }
+                after = page.messages.last!.id
+            }
+            #expect(seen == ids)
+            var back: [MessageID] = []
+            var through: MessageID?
+            while true {
+                let page = try await t.engine.history(s.name, HistoryQuery(limit: 4, direction: .backwards, through: through))
+                back += page.messages.map(\.id)
+                guard page.hasMore else { break }
+                through = page.messages.last!.id.predecessor
+            }
+            #expect(back == ids.reversed())
+            let window = try await t.engine.history(s.name, HistoryQuery(limit: 100, direction: .forwards, after: ids[4], through: ids[9]))
+            #expect(window.messages.map(\.id) == Array(ids[5...9]))
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func presenceEnterUpdateLeaveAreEventsAndMembers(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let ch = channel("room")
+            try await t.engine.attach(ch)
+            #expect(try await t.engine.enterPresence(ch, member: member("c1", data: "{\"a\":1}")) == .enter)
+            #expect(try await t.engine.enterPresence(ch, member: member("c1", data: "{\"a\":2}")) == .update)
+            #expect(try await t.engine.enterPresence(ch, member: member("c2", client: "bob", user: nil)) == .enter)
+            let members = try await t.engine.presenceMembers(ch)
+            #expect(Set(members.map(\.connectionID)) == ["c1", "c2"])
+            #expect(members.first { $0.connectionID == "c1" }?.data == "{\"a\":2}")
+            #expect(try await t.engine.leavePresence(ch, connectionID: "c1"))
+            #expect(try await !t.engine.leavePresence(ch, connectionID: "c1"))
+            try await t.events.wait("4 presence events") { $0.presence.count >= 4 }
+            #expect(t.events.presence.map(\.action) == [.enter, .update, .enter, .leave])
+            #expect(try await t.engine.presenceMembers(ch).map(\.connectionID) == ["c2"])
+            #expect(try await t.engine.channelStats(ch).presenceMembers == 1)
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func expiredMembersLeaveExactlyOnceAndHeartbeatsKeepThem(_ kind: EngineKind) async throws {
+        try await withEngine(kind, configuration: EngineConfiguration(presenceTTLSeconds: 30)) { t in
+            let ch = channel("ttl")
+            try await t.engine.attach(ch)
+            try await t.engine.enterPresence(ch, member: member("gone"))
+            try await t.engine.enterPresence(ch, member: member("alive"))
+            t.clock.advance(byMilliseconds: 20_000)
+            try await t.engine.refreshPresence([(ch, "alive")])
+            t.clock.advance(byMilliseconds: 15_000)
+            // Several sweeps at once, as several nodes would run them.
+            async let a = t.engine.sweepExpiredPresence()
+            async let b = t.engine.sweepExpiredPresence()
+            let removed = try await a + b
+            #expect(removed == 1)
+            #expect(try await t.engine.sweepExpiredPresence() == 0)
+            try await t.events.wait("leave") { $0.presence.contains { $0.action == .leave } }
+            try await Task.sleep(for: .milliseconds(50))
+            let leaves = t.events.presence.filter { $0.action == .leave }
+            #expect(leaves.map(\.member.connectionID) == ["gone"])
+            #expect(try await t.engine.presenceMembers(ch).map(\.connectionID) == ["alive"])
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func channelsCreateIdempotentlyConflictListAndDelete(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let s = settings("cfg:a", type: .presence, historySize: 10)
+            #expect(try await t.engine.createChannel(s).created)
+            let again = try await t.engine.createChannel(s)
+            #expect(!again.created && again.settings.type == .presence)
+            var different = s
+            different.type = .public
+            await #expect(throws: RealtimeError.self) { try await t.engine.createChannel(different) }
+            #expect(try await t.engine.channelSettings(s.name).historySize == 10)
+            let implicit = try await t.engine.channelSettings(channel("never:made"))
+            #expect(!implicit.explicit && implicit.type == t.engine.configuration.channelDefaults.type)
+
+            for name in ["cfg:b", "cfg:c", "cfg:d"] { _ = try await t.engine.createChannel(settings(name)) }
+            var listed: [String] = []
+            var cursor: ChannelName?
+            while true {
+                let page = try await t.engine.listChannels(limit: 3, after: cursor)
+                listed += page.channels.map(\.name.rawValue)
+                guard page.hasMore else { break }
+                cursor = page.channels.last!.name
+            }
+            #expect(listed == ["cfg:a", "cfg:b", "cfg:c", "cfg:d"])
+
+            try await t.engine.attach(s.name)
+            _ = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1"), settings: s)
+            try await t.engine.enterPresence(s.name, member: member("m1"))
+            #expect(try await t.engine.deleteChannel(s.name))
+            #expect(try await !t.engine.deleteChannel(s.name))
+            try await t.events.wait("deleted") { r in r.all.contains { if case .channelDeleted = $0 { return true } else { return false } } }
+            let tail = t.events.all.suffix(2)
+            guard case .presence(let leave) = tail.first, case .channelDeleted(let gone) = tail.last else {
+                Issue.record("expected leave then channelDeleted, got \(tail)")
+                return
+            }
+            #expect(leave.action == .leave && gone == s.name)
+            #expect(try await t.engine.history(s.name, HistoryQuery(limit: 10, direction: .forwards)).messages.isEmpty)
+            #expect(try await t.engine.presenceMembers(s.name).isEmpty)
+            #expect(try await !t.engine.channelSettings(s.name).explicit)
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func statsReportSubscribersPresenceAndLastID(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let s = settings("stats")
+            #expect(try await t.engine.channelStats(s.name) == ChannelStats(subscribers: 0, presenceMembers: 0, lastMessageID: nil))
+            await t.engine.reportLocalSubscribers(s.name, count: 3)
+            let id = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1"), settings: s).id
+            try await t.engine.enterPresence(s.name, member: member("x"))
+            #expect(try await t.engine.channelStats(s.name) == ChannelStats(subscribers: 3, presenceMembers: 1, lastMessageID: id))
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func keysAreStoredListedAndRevokedWithAnEvent(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let record = APIKeyRecord(keyID: "k_1", name: "ci", scopes: [.publish], createdAt: 1, secretHash: APIKeyMaterial.hash("k_1.s"))
+            try await t.engine.storeKey(record)
+            #expect(try await t.engine.key(id: "k_1") == record)
+            #expect(try await t.engine.listKeys().map(\.keyID) == ["k_1"])
+            #expect(try await t.engine.revokeKey(id: "k_1"))
+            #expect(try await !t.engine.revokeKey(id: "k_1"))
+            #expect(try await t.engine.key(id: "k_1")?.revoked == true)
+            #expect(try await t.engine.listKeys().isEmpty)
+            try await t.events.wait("revocation") { r in r.all.contains { if case .keyRevoked("k_1") = $0 { return true } else { return false } } }
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func idempotencyKeysExpireWithTheWindow(_ kind: EngineKind) async throws {
+        try await withEngine(kind, configuration: EngineConfiguration(idempotencyWindowSeconds: 1)) { t in
+            let s = settings("window")
+            let first = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1", idempotencyKey: "k"), settings: s)
+            t.clock.advance(byMilliseconds: 1500)
+            let later = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "2", idempotencyKey: "k"), settings: s)
+            #expect(later.status == .published && later.id != first.id)
+        }
+    }
+}

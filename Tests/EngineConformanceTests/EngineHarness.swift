@@ -1,0 +1,78 @@
+import RealtimeCore
+import Synchronization
+import Testing
+
+/// The engines the conformance suite runs against. The Redis engine joins this list.
+enum EngineKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case memory
+    var testDescription: String { rawValue }
+}
+
+/// Records what an engine delivers, for assertions that wait for asynchronous delivery.
+final class EventRecorder: Sendable {
+    let events = Mutex<[EngineEvent]>([])
+
+    func record(_ e: EngineEvent) { events.withLock { $0.append(e) } }
+
+    var messages: [Message] {
+        events.withLock { $0.compactMap { if case .message(let m) = $0 { return m } else { return nil } } }
+    }
+
+    var presence: [PresenceEvent] {
+        events.withLock { $0.compactMap { if case .presence(let p) = $0 { return p } else { return nil } } }
+    }
+
+    var all: [EngineEvent] { events.withLock { $0 } }
+
+    /// Waits (bounded) until `condition` holds over the recorded events.
+    func wait(_ what: String, timeout: Duration = .seconds(5), until condition: (EventRecorder) -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while !condition(self) {
+            guard ContinuousClock.now < deadline else {
+                Issue.record("timed out waiting for \(what)")
+                throw CancellationError()
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+}
+
+struct EngineUnderTest {
+    let engine: any Engine
+    let clock: ManualClock
+    let events: EventRecorder
+}
+
+/// Makes a fresh engine of the kind, runs it while `body` runs, then stops it.
+func withEngine(
+    _ kind: EngineKind, configuration: EngineConfiguration = .init(), _ body: (EngineUnderTest) async throws -> Void
+) async throws {
+    let clock = ManualClock(milliseconds: 1_800_000_000_000)
+    let engine: any Engine
+    switch kind {
+    case .memory: engine = MemoryEngine(configuration: configuration, clock: clock)
+    }
+    let recorder = EventRecorder()
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await engine.run(delivering: { recorder.record($0) }) }
+        // Let `run` install its handler before the test acts.
+        try await Task.sleep(for: .milliseconds(20))
+        do {
+            try await body(EngineUnderTest(engine: engine, clock: clock, events: recorder))
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+        group.cancelAll()
+    }
+}
+
+func channel(_ name: String) -> ChannelName { try! ChannelName(validating: name) }
+
+func settings(_ name: String, type: ChannelType = .private, historySize: Int = 1000, ttl: Int = 86_400) -> ChannelSettings {
+    ChannelSettings(name: channel(name), type: type, historySize: historySize, historyTTLSeconds: ttl, createdAt: 1_800_000_000_000, explicit: true)
+}
+
+func member(_ connection: String, client: String = "alice", user: String? = "u1", data: String? = nil) -> PresenceMember {
+    PresenceMember(clientID: client, userID: user, connectionID: connection, data: data, enteredAt: 1_800_000_000_000, updatedAt: 1_800_000_000_000)
+}

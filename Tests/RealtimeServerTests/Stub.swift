@@ -1,2 +1,0 @@
-import Testing
-@Test func stub2() { #expect(1 == 1) }
