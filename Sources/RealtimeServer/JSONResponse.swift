@@ -45,6 +45,8 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let error as RealtimeError {
             return JSONResponse.error(error)
+        } catch is NIOTooManyBytesError {
+            return JSONResponse.error(.tooLarge("request body too large"))
         } catch let error as HTTPError {
             switch error.status {
             case .notFound: return JSONResponse.error(.notFound("no such endpoint: \(request.method) \(request.uri.path)"))
