@@ -16,6 +16,7 @@ final class OutboundQueue: Sendable {
         var close: (code: UInt16, reason: String)?
         var closeSent = false
         var waiter: CheckedContinuation<Void, Never>?
+        var closingWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     let limit: Int
@@ -23,37 +24,63 @@ final class OutboundQueue: Sendable {
 
     init(limit: Int) { self.limit = limit }
 
-    /// Queues a frame; false when the queue overflowed (it is then closing with 4008) or is closing.
+    enum PushResult {
+        case queued
+        /// This push found the queue full: the queue now closes with 4008.
+        case overflowed
+        /// The queue was already closing; the frame was dropped.
+        case closing
+    }
+
+    /// Queues a frame without blocking.
     @discardableResult
-    func push(_ frame: ByteBuffer) -> Bool {
-        let (accepted, waiter) = state.withLock { s -> (Bool, CheckedContinuation<Void, Never>?) in
-            guard s.close == nil else { return (false, nil) }
+    func push(_ frame: ByteBuffer) -> PushResult {
+        let (result, waiters) = state.withLock { s -> (PushResult, [CheckedContinuation<Void, Never>]) in
+            guard s.close == nil else { return (.closing, []) }
             if s.frames.count >= limit {
                 s.frames.removeAll()
                 s.close = (4008, "slow consumer")
-            } else {
-                s.frames.append(frame)
+                return (.overflowed, Self.takeWaiters(&s, closing: true))
             }
-            let w = s.waiter
-            s.waiter = nil
-            return (s.close == nil, w)
+            s.frames.append(frame)
+            return (.queued, Self.takeWaiters(&s, closing: false))
         }
-        waiter?.resume()
-        return accepted
+        for w in waiters { w.resume() }
+        return result
+    }
+
+    private static func takeWaiters(_ s: inout State, closing: Bool) -> [CheckedContinuation<Void, Never>] {
+        var out = s.waiter.map { [$0] } ?? []
+        s.waiter = nil
+        if closing {
+            out += s.closingWaiters
+            s.closingWaiters = []
+        }
+        return out
+    }
+
+    /// Returns once a close has been requested.
+    func waitUntilClosing() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.close != nil { return true }
+                s.closingWaiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
     }
 
     /// Closes after what is queued (or at once, dropping it, when `dropQueued`). The first close wins.
     func close(code: UInt16, reason: String, dropQueued: Bool = false) {
-        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             if s.close == nil {
                 s.close = (code, reason)
                 if dropQueued { s.frames.removeAll() }
             }
-            let w = s.waiter
-            s.waiter = nil
-            return w
+            return Self.takeWaiters(&s, closing: true)
         }
-        waiter?.resume()
+        for w in waiters { w.resume() }
     }
 
     var isClosing: Bool { state.withLock { $0.close != nil } }

@@ -41,10 +41,10 @@ final class WebSocketSession: SubscriberSink {
     // MARK: SubscriberSink
 
     func send(_ frame: ByteBuffer) {
-        if queue.push(frame) {
-            runtime.metrics.delivered.increment()
-        } else if queue.isClosing {
-            noteSlowConsumerIfNeeded()
+        switch queue.push(frame) {
+        case .queued: runtime.metrics.delivered.increment()
+        case .overflowed: noteSlowConsumerIfNeeded()
+        case .closing: break
         }
     }
 
@@ -67,17 +67,40 @@ final class WebSocketSession: SubscriberSink {
     // MARK: Lifecycle
 
     /// Runs the connection until either side closes, then leaves presence and unsubscribes.
+    ///
+    /// As soon as a close is requested (by the peer, a slow-consumer overflow, expiry, revocation
+    /// or drain) the session leaves the hub, so nothing more is fanned out to it; the writer then
+    /// gets a bounded time to flush the close frame before the socket is closed under it.
     func run(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, queryToken: String?) async {
         runtime.metrics.connections.increment()
         runtime.metrics.connectionsOpened.increment()
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.writeLoop(outbound) }
-            group.addTask { await self.readLoop(inbound, queryToken: queryToken) }
-            group.addTask { await self.expiryLoop() }
-            await group.next()
-            // Whichever ended first, let the writer flush a pending close before stopping the rest.
-            queue.close(code: 1000, reason: "")
-            group.cancelAll()
+        enum Side { case writer, reader }
+        await withTaskGroup(of: Side.self) { group in
+            group.addTask {
+                await self.writeLoop(outbound)
+                return .writer
+            }
+            group.addTask {
+                await withTaskGroup(of: Void.self) { inner in
+                    inner.addTask { await self.readLoop(inbound, queryToken: queryToken) }
+                    inner.addTask { await self.expiryLoop() }
+                    inner.addTask { await self.queue.waitUntilClosing() }
+                    await inner.next()
+                    inner.cancelAll()
+                }
+                return .reader
+            }
+            if await group.next() == .reader {
+                queue.close(code: 1000, reason: "")
+                await cleanup()
+                let channel = self.channel
+                let forceClose = channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+                _ = await group.next()
+                forceClose.cancel()
+            } else {
+                group.cancelAll()
+                _ = await group.next()
+            }
         }
         await cleanup()
         runtime.metrics.connections.decrement()
@@ -109,9 +132,6 @@ final class WebSocketSession: SubscriberSink {
                     return
                 }
             case .close(let code, let reason):
-                // A peer that does not read cannot take the close frame; cut it off after a bound.
-                let channel = self.channel
-                channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
                 try? await outbound.close(code == 1000 ? .normalClosure : .unknown(code), reason: reason.isEmpty ? nil : reason)
                 return
             }
@@ -165,7 +185,8 @@ final class WebSocketSession: SubscriberSink {
                     queue.close(code: 4001, reason: "authentication timeout")
                     return
                 }
-                wake = authDeadline
+                // Authentication is about to happen on the reader; look again shortly.
+                wake = min(authDeadline, now + 50)
             case (let exp?, let warned):
                 let expiresAt = exp * 1000
                 if now >= expiresAt {
