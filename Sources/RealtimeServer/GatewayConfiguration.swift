@@ -220,3 +220,30 @@ extension GatewayConfiguration {
         return config
     }
 }
+
+extension GatewayConfiguration {
+    /// Environment `REALTIME_*` variables overlaid with `--flag value` / `--flag=value` arguments.
+    public static func values(environment: [String: String], flags: [String]) throws(ConfigurationError) -> [String: String] {
+        var values = environment.filter { $0.key.hasPrefix("REALTIME_") }
+        let byFlag = Dictionary(uniqueKeysWithValues: settings.map { ($0.flag, $0.variable) })
+        var i = 0
+        while i < flags.count {
+            let arg = flags[i]
+            guard arg.hasPrefix("--") else { throw ConfigurationError(setting: arg, problem: "expected a --flag") }
+            var name = String(arg.dropFirst(2))
+            let value: String
+            if let eq = name.firstIndex(of: "=") {
+                value = String(name[name.index(after: eq)...])
+                name = String(name[..<eq])
+            } else {
+                guard i + 1 < flags.count else { throw ConfigurationError(setting: "--\(name)", problem: "missing value") }
+                i += 1
+                value = flags[i]
+            }
+            guard let variable = byFlag[name] else { throw ConfigurationError(setting: "--\(name)", problem: "unknown flag") }
+            values[variable] = value
+            i += 1
+        }
+        return values
+    }
+}

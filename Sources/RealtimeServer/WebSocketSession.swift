@@ -86,12 +86,14 @@ final class WebSocketSession: SubscriberSink {
                     inner.addTask { await self.expiryLoop() }
                     inner.addTask { await self.queue.waitUntilClosing() }
                     await inner.next()
+                    // Whatever ended first, the connection is closing now (this also releases the
+                    // closing watcher, which does not observe cancellation).
+                    self.queue.close(code: 1000, reason: "")
                     inner.cancelAll()
                 }
                 return .reader
             }
             if await group.next() == .reader {
-                queue.close(code: 1000, reason: "")
                 await cleanup()
                 let channel = self.channel
                 let forceClose = channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }

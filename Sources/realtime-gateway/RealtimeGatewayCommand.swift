@@ -22,7 +22,7 @@ struct RealtimeGatewayCommand: AsyncParsableCommand {
     func run() async throws {
         let config: GatewayConfiguration
         do {
-            config = try GatewayConfiguration.load(try Self.settingValues(environment: ProcessInfo.processInfo.environment, flags: flags))
+            config = try GatewayConfiguration.load(try GatewayConfiguration.values(environment: ProcessInfo.processInfo.environment, flags: flags))
         } catch {
             FileHandle.standardError.write(Data("realtime-gateway: \(error)\n".utf8))
             throw ExitCode(2)
@@ -55,30 +55,5 @@ struct RealtimeGatewayCommand: AsyncParsableCommand {
             }
             try await group.waitForAll()
         }
-    }
-
-    /// Environment `REALTIME_*` variables overlaid with `--flag value` / `--flag=value` arguments.
-    static func settingValues(environment: [String: String], flags: [String]) throws -> [String: String] {
-        var values = environment.filter { $0.key.hasPrefix("REALTIME_") }
-        let byFlag = Dictionary(uniqueKeysWithValues: GatewayConfiguration.settings.map { ($0.flag, $0.variable) })
-        var i = 0
-        while i < flags.count {
-            let arg = flags[i]
-            guard arg.hasPrefix("--") else { throw ConfigurationError(setting: arg, problem: "expected a --flag") }
-            var name = String(arg.dropFirst(2))
-            var value: String
-            if let eq = name.firstIndex(of: "=") {
-                value = String(name[name.index(after: eq)...])
-                name = String(name[..<eq])
-            } else {
-                guard i + 1 < flags.count else { throw ConfigurationError(setting: "--\(name)", problem: "missing value") }
-                i += 1
-                value = flags[i]
-            }
-            guard let variable = byFlag[name] else { throw ConfigurationError(setting: "--\(name)", problem: "unknown flag") }
-            values[variable] = value
-            i += 1
-        }
-        return values
     }
 }

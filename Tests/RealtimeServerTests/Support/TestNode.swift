@@ -31,11 +31,12 @@ struct TestNode {
 
     /// Runs `body` against a fresh node, then shuts the node down gracefully.
     static func with(
+        engine: (any Engine)? = nil,
         _ adjust: (inout GatewayConfiguration) -> Void = { _ in }, _ body: (TestNode) async throws -> Void
     ) async throws {
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        let gateway = try await Gateway(configuration: configuration(adjust), logger: logger)
+        let gateway = try await Gateway(configuration: configuration(adjust), engine: engine, logger: logger)
         let group = ServiceGroup(configuration: .init(services: gateway.services, logger: logger))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }

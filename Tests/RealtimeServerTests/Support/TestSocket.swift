@@ -14,6 +14,7 @@ final class TestSocket: Sendable {
         var frames: [JSONValue] = []
         var ended = false
         var closeCode: Int?
+        var upgraded = false
     }
 
     private let inbox = Mutex(Inbox())
@@ -39,6 +40,7 @@ final class TestSocket: Sendable {
         let config = WebSocketClientConfiguration(maxFrameSize: 1 << 24, extensions: compression ? [.perMessageDeflate()] : [])
         Task {
             let close = try? await WebSocketClient.connect(url: url, configuration: config, logger: logger) { inbound, outbound, _ in
+                socket.inbox.withLock { $0.upgraded = true }
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
                         for await item in outStream {
@@ -92,7 +94,9 @@ final class TestSocket: Sendable {
             }
             if let frame { return frame }
             if ended { throw Timeout(what: "a frame (connection closed)") }
-            guard ContinuousClock.now < deadline else { throw Timeout(what: "a frame") }
+            guard ContinuousClock.now < deadline else {
+                throw Timeout(what: "a frame (upgraded: \(inbox.withLock { $0.upgraded }))")
+            }
             try await Task.sleep(for: .milliseconds(2))
         }
     }

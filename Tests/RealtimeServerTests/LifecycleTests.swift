@@ -1,0 +1,107 @@
+import AsyncHTTPClient
+import Foundation
+import RealtimeCore
+import RealtimeServer
+import Testing
+
+@Suite struct LifecycleTests {
+    @Test func gracefulShutdownSends1012AndRemovesPresenceWithinTheBound() async throws {
+        let engine = MemoryEngine()
+        let channel = try ChannelName(validating: "bye")
+        try await TestNode.with(engine: engine) { node in
+            let a = try await node.connect(try await node.token(client: "a"))
+            let b = try await node.connect(try await node.token(client: "b"))
+            for s in [a, b] {
+                _ = try await s.call("subscribe", #""channel":"bye""#)
+                _ = try await s.call("presence.enter", #""channel":"bye""#)
+            }
+            #expect(try await engine.presenceMembers(channel).count == 2)
+            let start = ContinuousClock.now
+            await node.group.triggerGracefulShutdown()
+            #expect(try await a.closeCode() == 1012)
+            #expect(try await b.closeCode() == 1012)
+            try await node.eventually("members removed") { try await engine.presenceMembers(channel).isEmpty }
+            #expect(ContinuousClock.now - start < .seconds(5))
+        }
+    }
+}
+
+@Suite struct ConfigurationTests {
+    @Test func defaultsMakeAWorkingSingleNode() throws {
+        let c = try GatewayConfiguration.load([:])
+        #expect(c.host == "127.0.0.1" && c.port == 8080 && c.redisURL == nil && c.keyPrefix == "rt")
+        #expect(c.limits.maxMessageBytes == 65536 && c.webSocketEndpoint == "ws://127.0.0.1:8080/v1/realtime/ws")
+    }
+
+    @Test(arguments: [
+        ("REALTIME_PORT", "eighty"), ("REALTIME_PORT", "70000"), ("REALTIME_TOKEN_SECRET", "short"),
+        ("REALTIME_MAX_MESSAGE_BYTES", "-1"), ("REALTIME_PUBLIC_URL", "ftp://x"), ("REALTIME_DEFAULT_CHANNEL_TYPE", "secret"),
+        ("REALTIME_NO_SUCH_THING", "1"), ("REALTIME_REDIS_URL", "http://localhost"), ("REALTIME_LOG_LEVEL", "loud"),
+    ])
+    func badSettingsNameTheSetting(_ setting: String, _ value: String) {
+        #expect {
+            _ = try GatewayConfiguration.load([setting: value])
+        } throws: { error in
+            (error as? ConfigurationError)?.setting == setting
+        }
+    }
+
+    @Test func redisNeedsASharedTokenSecret() {
+        #expect(throws: ConfigurationError(setting: "REALTIME_TOKEN_SECRET", problem: "required with the redis engine (all nodes must share it)")) {
+            try GatewayConfiguration.load(["REALTIME_REDIS_URL": "redis://127.0.0.1:6379"])
+        }
+    }
+
+    @Test func flagsOverrideTheEnvironment() throws {
+        let values = try GatewayConfiguration.values(
+            environment: ["REALTIME_PORT": "1", "PATH": "/bin"], flags: ["--port", "9090", "--max-message-bytes=1024", "--token-secrets", "a=\(String(repeating: "x", count: 32)),b=\(String(repeating: "y", count: 32))"])
+        let c = try GatewayConfiguration.load(values)
+        #expect(c.port == 9090 && c.limits.maxMessageBytes == 1024 && c.tokenSecrets.map(\.id) == ["a", "b"])
+        #expect(throws: ConfigurationError.self) { try GatewayConfiguration.values(environment: [:], flags: ["--nope", "1"]) }
+    }
+
+    /// The real binary: starts with no settings beyond a port, prints its URL and key, serves,
+    /// refuses a bad setting with its name, and stops on SIGTERM.
+    @Test func binaryStartsPrintsItsKeyServesAndStopsOnSIGTERM() async throws {
+        let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent(".build/debug/realtime-gateway")
+        let bad = Process()
+        bad.executableURL = binary
+        bad.arguments = ["--port", "eighty"]
+        let badErr = Pipe()
+        bad.standardError = badErr
+        bad.standardOutput = Pipe()
+        try bad.run()
+        bad.waitUntilExit()
+        #expect(bad.terminationStatus != 0)
+        #expect(String(decoding: badErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("REALTIME_PORT"))
+
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = ["--port", "0"]
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("REALTIME_") }
+        env["REALTIME_LOG_LEVEL"] = "error"
+        process.environment = env
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        var banner = ""
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !banner.contains("Bootstrap API key"), ContinuousClock.now < deadline {
+            let chunk = out.fileHandleForReading.availableData
+            banner += String(decoding: chunk, as: UTF8.self)
+        }
+        let url = try #require(banner.split(separator: " ").first { $0.hasPrefix("http://") }.map(String.init))
+        let key = try #require(banner.split(whereSeparator: \.isWhitespace).last.map(String.init))
+        var request = HTTPClientRequest(url: url + "/v1/realtime/channels")
+        request.headers.add(name: "Authorization", value: "Bearer \(key)")
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        #expect(response.status.code == 200)
+        kill(process.processIdentifier, SIGTERM)
+        let stopDeadline = ContinuousClock.now + .seconds(15)
+        while process.isRunning, ContinuousClock.now < stopDeadline { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(!process.isRunning)
+        #expect(process.terminationStatus == 0)
+    }
+}

@@ -1,0 +1,123 @@
+import NIOCore
+import NIOPosix
+import RealtimeCore
+import Testing
+
+@Suite struct PresenceTests {
+    @Test func subscribersSeeEnterUpdateLeaveAndCleanDisconnectLeaves() async throws {
+        try await TestNode.with { node in
+            let watcher = try await node.connect(try await node.token(client: "w"))
+            _ = try await watcher.call("subscribe", #""channel":"room""#)
+            let bob = try await node.connect(try await node.token(client: "bob", user: "u-bob"))
+            #expect(try await bob.call("presence.enter", #""channel":"room","data":{"status":"here"}"#)["type"].string == "ack")
+            let enter = try await watcher.next(type: "presence_event")
+            #expect(enter["action"].string == "enter" && enter["channel"].string == "room")
+            #expect(enter["member"]["client_id"].string == "bob" && enter["member"]["user_id"].string == "u-bob")
+            #expect(enter["member"]["data"]["status"].string == "here" && enter["member"]["connection_id"].string != nil)
+            _ = try await bob.call("presence.update", #""channel":"room","data":{"status":"away"}"#)
+            let update = try await watcher.next(type: "presence_event")
+            #expect(update["action"].string == "update" && update["member"]["data"]["status"].string == "away")
+            #expect(update["member"]["entered_at"] == enter["member"]["entered_at"])
+            _ = try await bob.call("presence.leave", #""channel":"room""#)
+            #expect(try await watcher.next(type: "presence_event")["action"].string == "leave")
+
+            _ = try await bob.call("presence.enter", #""channel":"room""#)
+            #expect(try await watcher.next(type: "presence_event")["action"].string == "enter")
+            bob.close()
+            let leave = try await watcher.next(type: "presence_event")
+            #expect(leave["action"].string == "leave" && leave["member"]["client_id"].string == "bob")
+            #expect(try await node.rest(.GET, "/v1/realtime/channels/room/presence").json["members"].array.isEmpty)
+        }
+    }
+
+    @Test func restPresenceListsMembersAndGroupsByUser() async throws {
+        try await TestNode.with { node in
+            let a1 = try await node.connect(try await node.token(client: "a1", user: "ann"))
+            let a2 = try await node.connect(try await node.token(client: "a2", user: "ann"))
+            let b = try await node.connect(try await node.token(client: "b", user: "ben"))
+            for s in [a1, a2, b] { _ = try await s.call("presence.enter", #""channel":"lobby""#) }
+            let all = try await node.rest(.GET, "/v1/realtime/channels/lobby/presence")
+            #expect(all.json["members"].array.count == 3)
+            #expect(all.json["members"][0].keys.isSuperset(of: ["client_id", "user_id", "connection_id", "entered_at", "updated_at"]))
+            let grouped = try await node.rest(.GET, "/v1/realtime/channels/lobby/presence?group_by=user")
+            let byUser = Dictionary(uniqueKeysWithValues: grouped.json["members"].array.map { ($0["user_id"].string ?? "", $0["connections"].int ?? 0) })
+            #expect(byUser == ["ann": 2, "ben": 1])
+            #expect(try await node.rest(.GET, "/v1/realtime/channels/lobby").json["presence_members"].int == 3)
+        }
+    }
+
+    @Test func presenceChannelsEnterOnSubscribeAndLeaveOnUnsubscribe() async throws {
+        try await TestNode.with { node in
+            _ = try await node.rest(.POST, "/v1/realtime/channels", #"{"name":"auto","type":"presence"}"#)
+            let watcher = try await node.connect(try await node.token(client: "w"))
+            _ = try await watcher.call("subscribe", #""channel":"auto""#)
+            #expect(try await watcher.next(type: "presence_event")["member"]["client_id"].string == "w")
+            let joiner = try await node.connect(try await node.token(client: "j", caps: #"{"auto":["subscribe","presence"]}"#))
+            _ = try await joiner.call("subscribe", #""channel":"auto""#)
+            let enter = try await watcher.next(type: "presence_event")
+            #expect(enter["action"].string == "enter" && enter["member"]["client_id"].string == "j")
+            let lurker = try await node.connect(try await node.token(client: "l", caps: #"{"auto":["subscribe"]}"#))
+            _ = try await lurker.call("subscribe", #""channel":"auto""#)
+            _ = try await joiner.call("unsubscribe", #""channel":"auto""#)
+            let leave = try await watcher.next(type: "presence_event")
+            #expect(leave["action"].string == "leave" && leave["member"]["client_id"].string == "j")
+            let members = try await node.rest(.GET, "/v1/realtime/channels/auto/presence").json["members"].array
+            #expect(members.compactMap { $0["client_id"].string } == ["w"])
+        }
+    }
+
+    @Test func oversizedPresenceDataIsRefusedWith41300() async throws {
+        try await TestNode.with({ $0.limits.maxPresenceDataBytes = 64 }) { node in
+            let s = try await node.connect(try await node.token())
+            let r = try await s.call("presence.enter", #""channel":"p","data":"\#(String(repeating: "x", count: 100))""#)
+            #expect(r["type"].string == "error" && r["code"].int == 41300)
+            #expect(try await node.rest(.GET, "/v1/realtime/channels/p/presence").json["members"].array.isEmpty)
+        }
+    }
+
+    /// A peer that vanishes without a close frame stops answering pings; within two heartbeats
+    /// its member leaves.
+    @Test func vanishedPeerLeavesWithinTwoHeartbeats() async throws {
+        try await TestNode.with({ $0.timing.heartbeatSeconds = 1 }) { node in
+            let watcher = try await node.connect(try await node.token(client: "w"))
+            _ = try await watcher.call("subscribe", #""channel":"ghost""#)
+            let token = try await node.token(client: "ghost")
+            let peer = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + token)
+            try await peer.sendText(#"{"op":"presence.enter","channel":"ghost"}"#)
+            #expect(try await watcher.next(type: "presence_event")["action"].string == "enter")
+            let start = ContinuousClock.now
+            let leave = try await watcher.next(type: "presence_event", timeout: .seconds(8))
+            #expect(leave["action"].string == "leave" && leave["member"]["client_id"].string == "ghost")
+            #expect(ContinuousClock.now - start < .seconds(4))
+            try await peer.close()
+        }
+    }
+}
+
+/// A bare TCP peer that performs the WebSocket handshake, can send one masked text frame, and
+/// otherwise never answers: no pongs, no close frame.
+struct RawPeer {
+    let channel: any Channel
+
+    static func connect(port: Int, path: String) async throws -> RawPeer {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get()
+        let request = "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        try await channel.writeAndFlush(ByteBuffer(string: request)).get()
+        try await Task.sleep(for: .milliseconds(200))
+        return RawPeer(channel: channel)
+    }
+
+    func sendText(_ text: String) async throws {
+        let payload = Array(text.utf8)
+        precondition(payload.count < 126)
+        var frame = ByteBuffer()
+        frame.writeInteger(UInt8(0x81))
+        frame.writeInteger(UInt8(0x80 | payload.count))
+        frame.writeBytes([0, 0, 0, 0])  // a zero mask leaves the payload as is
+        frame.writeBytes(payload)
+        try await channel.writeAndFlush(frame).get()
+    }
+
+    func close() async throws { try? await channel.close().get() }
+}
