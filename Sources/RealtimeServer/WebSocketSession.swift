@@ -226,8 +226,10 @@ final class WebSocketSession: SubscriberSink {
             push(Self.error(.tokenInvalid("a refreshed token must carry the same client_id"), ref: ref))
             return false
         }
-        state.withLock { $0.claims = claims }
         let expiresAt = Timestamp.iso8601(milliseconds: claims.expiresAt * 1000)
+        // `connected` is queued before the claims are visible to the expiry loop, so it is
+        // always the first frame, ahead of any `token_expiring`.
+        defer { state.withLock { $0.claims = claims } }
         if previous == nil {
             push(Self.frame("connected") {
                 $0.key("connection_id"); $0.string(connectionID)
@@ -239,6 +241,7 @@ final class WebSocketSession: SubscriberSink {
             })
         } else {
             push(Self.reply("ack", ref: ref) { $0.key("expires_at"); $0.string(expiresAt) })
+            state.withLock { $0.claims = claims }
             await dropSubscriptionsNoLongerAllowed(claims)
         }
         return true

@@ -94,30 +94,3 @@ import Testing
     }
 }
 
-/// A bare TCP peer that performs the WebSocket handshake, can send one masked text frame, and
-/// otherwise never answers: no pongs, no close frame.
-struct RawPeer {
-    let channel: any Channel
-
-    static func connect(port: Int, path: String) async throws -> RawPeer {
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get()
-        let request = "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        try await channel.writeAndFlush(ByteBuffer(string: request)).get()
-        try await Task.sleep(for: .milliseconds(200))
-        return RawPeer(channel: channel)
-    }
-
-    func sendText(_ text: String) async throws {
-        let payload = Array(text.utf8)
-        precondition(payload.count < 126)
-        var frame = ByteBuffer()
-        frame.writeInteger(UInt8(0x81))
-        frame.writeInteger(UInt8(0x80 | payload.count))
-        frame.writeBytes([0, 0, 0, 0])  // a zero mask leaves the payload as is
-        frame.writeBytes(payload)
-        try await channel.writeAndFlush(frame).get()
-    }
-
-    func close() async throws { try? await channel.close().get() }
-}

@@ -1,0 +1,86 @@
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// A bare TCP WebSocket peer: it performs the handshake, can send masked text frames, records
+/// the raw bytes it receives and parses the server's (unmasked) frames. It never answers pings
+/// or sends a close frame, so it also stands for a client that vanished.
+struct RawPeer {
+    let channel: any Channel
+    let received: Collector
+
+    final class Collector: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let bytes = Mutex<[UInt8]>([])
+        let closed = Atomic<Bool>(false)
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let buffer = unwrapInboundIn(data)
+            bytes.withLock { $0 += buffer.readableBytesView }
+        }
+        func channelInactive(context: ChannelHandlerContext) { closed.store(true, ordering: .relaxed) }
+    }
+
+    static func connect(port: Int, path: String) async throws -> RawPeer {
+        let collector = Collector()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) } }
+            .connect(host: "127.0.0.1", port: port).get()
+        let request = "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        try await channel.writeAndFlush(ByteBuffer(string: request)).get()
+        return RawPeer(channel: channel, received: collector)
+    }
+
+    func sendText(_ text: String) async throws {
+        let payload = Array(text.utf8)
+        precondition(payload.count < 126)
+        var frame = ByteBuffer()
+        frame.writeInteger(UInt8(0x81))
+        frame.writeInteger(UInt8(0x80 | payload.count))
+        frame.writeBytes([0, 0, 0, 0])  // a zero mask leaves the payload as is
+        frame.writeBytes(payload)
+        try await channel.writeAndFlush(frame).get()
+    }
+
+    func close() async throws { try? await channel.close().get() }
+
+    /// What the server sent after the handshake: text frames and the close code, once the server
+    /// has sent a close frame (waits up to `timeout`).
+    func framesUntilClose(timeout: Duration = .seconds(10)) async throws -> (texts: [String], closeCode: Int?) {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let parsed = Self.parse(received.bytes.withLock { $0 })
+            if parsed.closeCode != nil || ContinuousClock.now >= deadline || received.closed.load(ordering: .relaxed) { return parsed }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    static func parse(_ bytes: [UInt8]) -> (texts: [String], closeCode: Int?) {
+        // Skip the HTTP response head.
+        guard let headEnd = (0..<max(bytes.count - 3, 0)).first(where: { bytes[$0] == 13 && bytes[$0 + 1] == 10 && bytes[$0 + 2] == 13 && bytes[$0 + 3] == 10 }) else {
+            return ([], nil)
+        }
+        var i = headEnd + 4
+        var texts: [String] = []
+        while i + 2 <= bytes.count {
+            let opcode = bytes[i] & 0x0F
+            var length = Int(bytes[i + 1] & 0x7F)
+            var offset = i + 2
+            if length == 126 {
+                guard offset + 2 <= bytes.count else { break }
+                length = Int(bytes[offset]) << 8 | Int(bytes[offset + 1])
+                offset += 2
+            } else if length == 127 {
+                guard offset + 8 <= bytes.count else { break }
+                length = (0..<8).reduce(0) { $0 << 8 | Int(bytes[offset + $1]) }
+                offset += 8
+            }
+            guard offset + length <= bytes.count else { break }
+            let payload = Array(bytes[offset..<(offset + length)])
+            if opcode == 1 { texts.append(String(decoding: payload, as: UTF8.self)) }
+            if opcode == 8 { return (texts, payload.count >= 2 ? Int(payload[0]) << 8 | Int(payload[1]) : 1005) }
+            i = offset + length
+        }
+        return (texts, nil)
+    }
+}
