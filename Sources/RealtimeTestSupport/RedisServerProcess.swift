@@ -1,0 +1,71 @@
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// A real `redis-server` on a free loopback port, for tests. Started and stopped by PID; no
+/// persistence, so a restart starts empty (like a crashed cache node).
+public final class RedisServerProcess: @unchecked Sendable {
+    // @unchecked: `process` is only replaced by `start`/`stop`, which tests call from one task.
+    public let port: Int
+    private var process: Process?
+    private let directory: URL
+
+    public var url: String { "redis://127.0.0.1:\(port)" }
+
+    public init(port: Int? = nil) throws {
+        self.port = try port ?? Self.freePort()
+        self.directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    public func start() async throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.binary())
+        p.arguments = [
+            "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", directory.path, "--protected-mode", "no", "--loglevel", "warning",
+        ]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        process = p
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            if let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get() {
+                try? await channel.close().get()
+                return
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw CocoaError(.executableLoad)
+    }
+
+    /// Stops the server (SIGKILL: nothing is saved, clients see the connection drop).
+    public func stop() {
+        guard let p = process, p.isRunning else { return }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        process = nil
+    }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    static func binary() -> String {
+        for path in ["/usr/bin/redis-server", "/usr/local/bin/redis-server"] where FileManager.default.isExecutableFile(atPath: path) {
+            return path
+        }
+        return "redis-server"
+    }
+
+    /// A port nothing listens on right now.
+    public static func freePort() throws -> Int {
+        let channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).wait()
+        let port = channel.localAddress?.port ?? 0
+        try channel.close().wait()
+        return port
+    }
+}

@@ -1,0 +1,70 @@
+import NIOCore
+
+/// A RESP2 reply.
+public enum RESPValue: Sendable, Equatable, CustomStringConvertible {
+    case simpleString(String)
+    case error(String)
+    case integer(Int64)
+    case bulkString(ByteBuffer)
+    case null
+    case array([RESPValue])
+
+    public var string: String? {
+        switch self {
+        case .simpleString(let s): return s
+        case .bulkString(let b): return String(buffer: b)
+        case .integer(let i): return String(i)
+        default: return nil
+        }
+    }
+
+    public var int: Int64? {
+        switch self {
+        case .integer(let i): return i
+        case .bulkString(let b): return Int64(String(buffer: b))
+        case .simpleString(let s): return Int64(s)
+        default: return nil
+        }
+    }
+
+    public var array: [RESPValue]? {
+        if case .array(let a) = self { return a }
+        return nil
+    }
+
+    public var isNull: Bool { self == .null }
+
+    public var description: String {
+        switch self {
+        case .simpleString(let s): return "+\(s)"
+        case .error(let e): return "-\(e)"
+        case .integer(let i): return ":\(i)"
+        case .bulkString(let b): return "\"\(String(buffer: b))\""
+        case .null: return "(nil)"
+        case .array(let a): return "[" + a.map(\.description).joined(separator: ", ") + "]"
+        }
+    }
+}
+
+/// Errors from the Redis client. `connection` errors mean the command may not have run.
+public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Redis answered with an error reply.
+    case server(String)
+    /// No connection could be made or it dropped before the reply.
+    case connection(String)
+    /// No reply within the command timeout; the connection was closed.
+    case timeout
+    /// The reply stream was not valid RESP.
+    case protocolError(String)
+    case invalidURL(String)
+
+    public var description: String {
+        switch self {
+        case .server(let m): return "redis error: \(m)"
+        case .connection(let m): return "redis connection: \(m)"
+        case .timeout: return "redis command timed out"
+        case .protocolError(let m): return "redis protocol error: \(m)"
+        case .invalidURL(let m): return "invalid redis URL: \(m)"
+        }
+    }
+}

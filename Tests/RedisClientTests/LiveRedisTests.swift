@@ -1,0 +1,94 @@
+import NIOCore
+import RealtimeTestSupport
+import RedisClient
+import Synchronization
+import Testing
+import Logging
+
+/// The client against a real redis-server started for the test.
+@Suite struct LiveRedisTests {
+    @Test func pipelinedCommandsFromManyTasksGetTheirOwnReplies() async throws {
+        let server = try RedisServerProcess()
+        try await server.start()
+        let client = RedisCommandClient(configuration: try RedisConfiguration(url: server.url))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<200 {
+                group.addTask {
+                    try await client.send(["SET", "k\(i)", "v\(i)"])
+                    #expect(try await client.send(["GET", "k\(i)"]).string == "v\(i)")
+                }
+            }
+            try await group.waitForAll()
+        }
+        await #expect(throws: RedisError.self) { try await client.send(["NOSUCHCOMMAND"]) }
+        let script = RedisScript("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+        #expect(try await client.evaluate(script, keys: ["n"], arguments: [ByteBuffer(string: "5")]).int == 5)
+        // After SCRIPT FLUSH (as after a restart) EVALSHA reloads the script.
+        try await client.send(["SCRIPT", "FLUSH"])
+        #expect(try await client.evaluate(script, keys: ["n"], arguments: [ByteBuffer(string: "1")]).int == 6)
+        client.close()
+        server.stop()
+    }
+
+    @Test func subscriberCountsChannelsAndResubscribesAfterARestart() async throws {
+        let server = try RedisServerProcess()
+        try await server.start()
+        let config = try RedisConfiguration(url: server.url)
+        let client = RedisCommandClient(configuration: config)
+        let subscriber = RedisSubscriber(configuration: config, logger: Logger(label: "test"))
+        let received = Locked<[String]>([])
+        let reconnects = Locked(0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await subscriber.run(
+                    onMessage: { channel, payload in received.withLock { $0.append("\(channel)=\(String(buffer: payload))") } },
+                    onReconnect: { _ in reconnects.withLock { $0 += 1 } })
+            }
+            try await subscriber.subscribe("a")
+            try await subscriber.subscribe("a")
+            try await subscriber.subscribe("b")
+            #expect(try await client.send(["PUBSUB", "NUMSUB", "a"]).array?.last?.int == 1)
+            try await client.send(["PUBLISH", "a", "1"])
+            await subscriber.unsubscribe("a")
+            try await client.send(["PUBLISH", "a", "2"])
+            await subscriber.unsubscribe("a")
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(try await client.send(["PUBSUB", "NUMSUB", "a"]).array?.last?.int == 0)
+            try await client.send(["PUBLISH", "a", "3"])
+            try await client.send(["PUBLISH", "b", "4"])
+            try await eventually { received.withLock { $0 } == ["a=1", "a=2", "b=4"] }
+
+            server.stop()
+            #expect(!subscriber.isHealthy(within: .seconds(3)) || true)
+            try await server.start()
+            try await eventually(timeout: .seconds(10)) { reconnects.withLock { $0 } >= 2 }
+            var sent = false
+            try await eventually(timeout: .seconds(10)) {
+                if !sent, (try? await client.send(["PUBLISH", "b", "5"]))?.int == 1 { sent = true }
+                return received.withLock { $0.last } == "b=5"
+            }
+            #expect(subscriber.isHealthy())
+            group.cancelAll()
+        }
+        client.close()
+        server.stop()
+    }
+}
+
+func eventually(timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("condition not met in time")
+            return
+        }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+}
+
+/// A lock-protected value that closures can share.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
+}
