@@ -101,6 +101,8 @@ let package = Package(
             name: "realtime-gateway",
             dependencies: [
                 "RealtimeServer",
+                "RealtimeRedis",
+                "RealtimeCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

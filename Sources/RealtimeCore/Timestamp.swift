@@ -27,3 +27,32 @@ public enum Timestamp {
         return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
     }
 }
+
+extension Timestamp {
+    /// Parses `YYYY-MM-DDTHH:MM:SS.mmmZ` (what ``iso8601(milliseconds:)`` writes) back to milliseconds.
+    public static func parse(_ text: String) -> Int64? {
+        let b = Array(text.utf8)
+        guard b.count == 24, b[4] == UInt8(ascii: "-"), b[7] == UInt8(ascii: "-"), b[10] == UInt8(ascii: "T"),
+            b[13] == UInt8(ascii: ":"), b[16] == UInt8(ascii: ":"), b[19] == UInt8(ascii: "."), b[23] == UInt8(ascii: "Z")
+        else { return nil }
+        func num(_ r: Range<Int>) -> Int64? {
+            var v: Int64 = 0
+            for i in r {
+                guard b[i] >= 48, b[i] <= 57 else { return nil }
+                v = v * 10 + Int64(b[i] - 48)
+            }
+            return v
+        }
+        guard var y = num(0..<4), let m = num(5..<7), let d = num(8..<10), let h = num(11..<13), let mi = num(14..<16),
+            let s = num(17..<19), let ms = num(20..<23)
+        else { return nil }
+        // Days from civil (Howard Hinnant's algorithm).
+        if m <= 2 { y -= 1 }
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yoe = y - era * 400
+        let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let days = era * 146_097 + doe - 719_468
+        return ((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms
+    }
+}

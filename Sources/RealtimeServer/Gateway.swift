@@ -30,9 +30,7 @@ public struct Gateway: Sendable {
         if configuration.tokenSecrets.isEmpty {
             configuration.tokenSecrets = [TokenSecret(id: "default", secret: RandomID.base64URL(bytes: 32))]
         }
-        if configuration.nodeID.isEmpty {
-            configuration.nodeID = (ProcessInfoHost.name ?? "node") + "-" + RandomID.hex(bytes: 3)
-        }
+        if configuration.nodeID.isEmpty { configuration.nodeID = GatewayConfiguration.defaultNodeID() }
         var logger = logger ?? Logger(label: "realtime.gateway")
         logger[metadataKey: "node"] = .string(configuration.nodeID)
         let key = configuration.apiKey ?? "rk_" + RandomID.base64URL(bytes: 24)
@@ -112,11 +110,12 @@ final class BoundPort: Sendable {
     }
 }
 
-enum ProcessInfoHost {
-    static var name: String? {
+extension GatewayConfiguration {
+    /// Host name plus a random suffix, so two nodes on one host differ.
+    public static func defaultNodeID() -> String {
         var buffer = [CChar](repeating: 0, count: 256)
-        guard gethostname(&buffer, buffer.count) == 0 else { return nil }
-        return String(cString: buffer)
+        let host = gethostname(&buffer, buffer.count) == 0 ? String(cString: buffer) : "node"
+        return host + "-" + RandomID.hex(bytes: 3)
     }
 }
 

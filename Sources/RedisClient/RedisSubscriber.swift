@@ -43,6 +43,7 @@ public final class RedisSubscriber: Sendable {
     /// (re)subscription of counted channels, before their new messages are handled.
     public func run(
         onMessage: @escaping @Sendable (String, ByteBuffer) -> Void,
+        beforeResubscribe: @escaping @Sendable ([String]) -> Void = { _ in },
         onReconnect: @escaping @Sendable ([String]) async -> Void
     ) async {
         state.withLock { $0.onMessage = onMessage }
@@ -56,10 +57,12 @@ public final class RedisSubscriber: Sendable {
                 }
                 // Resubscribe everything counted, then publish the connection to subscribers.
                 let channels = state.withLock { Array($0.counts.keys) }
+                beforeResubscribe(channels)
                 for channel in channels { try await connection.send(["SUBSCRIBE", channel]) }
                 state.withLock { $0.connection = connection }
                 // Channels counted while we were resubscribing.
                 let late = state.withLock { s in s.counts.keys.filter { !channels.contains($0) } }
+                beforeResubscribe(late)
                 for channel in late { try await connection.send(["SUBSCRIBE", channel]) }
                 lastPong.store(Self.nowNanos(), ordering: .relaxed)
                 await onReconnect(channels + late)

@@ -3,6 +3,8 @@ import Foundation
 import Logging
 import Metrics
 import Prometheus
+import RealtimeCore
+import RealtimeRedis
 import RealtimeServer
 
 /// `realtime-gateway`: configuration -> engine -> server. Every setting is an environment
@@ -27,10 +29,6 @@ struct RealtimeGatewayCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("realtime-gateway: \(error)\n".utf8))
             throw ExitCode(2)
         }
-        if config.redisURL != nil {
-            FileHandle.standardError.write(Data("realtime-gateway: invalid setting REALTIME_REDIS_URL: the redis engine is not in this build yet; unset it to run the memory engine\n".utf8))
-            throw ExitCode(2)
-        }
         let level = Logger.Level(rawValue: config.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -39,12 +37,21 @@ struct RealtimeGatewayCommand: AsyncParsableCommand {
         }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let gateway = try await Gateway(configuration: config, registry: registry)
+        var configuration = config
+        if configuration.nodeID.isEmpty { configuration.nodeID = GatewayConfiguration.defaultNodeID() }
+        var engine: (any Engine)?
+        if let url = configuration.redisURL {
+            var logger = Logger(label: "realtime.redis")
+            logger[metadataKey: "node"] = .string(configuration.nodeID)
+            engine = try RedisEngine(
+                url: url, configuration: configuration.engine, keyPrefix: configuration.keyPrefix, nodeID: configuration.nodeID, logger: logger)
+        }
+        let gateway = try await Gateway(configuration: configuration, engine: engine, registry: registry)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await gateway.run() }
             group.addTask {
                 let port = await gateway.listeningPort()
-                var banner = "realtime-gateway listening on http://\(config.host):\(port) (engine: memory, node: \(gateway.configuration.nodeID))\n"
+                var banner = "realtime-gateway listening on http://\(config.host):\(port) (engine: \(config.redisURL == nil ? "memory" : "redis"), node: \(gateway.configuration.nodeID))\n"
                 banner += "WebSocket endpoint: ws://\(config.host):\(port)/v1/realtime/ws\n"
                 if config.apiKey == nil {
                     banner += "Bootstrap API key (all scopes, shown once): \(gateway.bootstrapKey)\n"

@@ -129,8 +129,9 @@ import Testing
             // Several sweeps at once, as several nodes would run them.
             async let a = t.engine.sweepExpiredPresence()
             async let b = t.engine.sweepExpiredPresence()
+            // The engine's own periodic sweep may have taken it first: at most one removal in all.
             let removed = try await a + b
-            #expect(removed == 1)
+            #expect(removed <= 1)
             #expect(try await t.engine.sweepExpiredPresence() == 0)
             try await t.events.wait("leave") { $0.presence.contains { $0.action == .leave } }
             try await Task.sleep(for: .milliseconds(50))
@@ -216,6 +217,8 @@ import Testing
             let s = settings("window")
             let first = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1", idempotencyKey: "k"), settings: s)
             t.clock.advance(byMilliseconds: 1500)
+            // Redis expires keys in its own time.
+            if kind == .redis { try await Task.sleep(for: .milliseconds(1600)) }
             let later = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "2", idempotencyKey: "k"), settings: s)
             #expect(later.status == .published && later.id != first.id)
         }

@@ -1,10 +1,14 @@
+import Logging
 import RealtimeCore
+import RealtimeRedis
+import RealtimeTestSupport
 import Synchronization
 import Testing
 
 /// The engines the conformance suite runs against. The Redis engine joins this list.
 enum EngineKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case memory
+    case redis
     var testDescription: String { rawValue }
 }
 
@@ -49,14 +53,25 @@ func withEngine(
 ) async throws {
     let clock = ManualClock(milliseconds: 1_800_000_000_000)
     let engine: any Engine
+    var server: RedisServerProcess?
     switch kind {
     case .memory: engine = MemoryEngine(configuration: configuration, clock: clock)
+    case .redis:
+        let s = try RedisServerProcess()
+        try await s.start()
+        server = s
+        var logger = Logger(label: "test-redis")
+        logger.logLevel = .critical
+        engine = try RedisEngine(url: s.url, configuration: configuration, nodeID: "test-node", clock: clock, logger: logger)
     }
+    defer { server?.stop() }
     let recorder = EventRecorder()
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { try await engine.run(delivering: { recorder.record($0) }) }
-        // Let `run` install its handler before the test acts.
+        // Let `run` install its handler (and, for Redis, its pub/sub connection) before the test acts.
         try await Task.sleep(for: .milliseconds(20))
+        let ready = ContinuousClock.now + .seconds(10)
+        while (try? await engine.checkReady()) == nil, ContinuousClock.now < ready { try await Task.sleep(for: .milliseconds(20)) }
         do {
             try await body(EngineUnderTest(engine: engine, clock: clock, events: recorder))
         } catch {

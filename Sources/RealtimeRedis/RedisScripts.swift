@@ -1,0 +1,126 @@
+import RedisClient
+
+/// The engine's Lua scripts. Each runs atomically in Redis, which is what makes publish,
+/// presence changes and the presence sweep safe with any number of nodes.
+enum RedisScripts {
+    /// KEYS: stream, idempotency key, meta. ARGV: event, data, client_id ('' = none), maxlen,
+    /// ttl ms, idempotency window ms ('' = no key), pub/sub channel, now ms.
+    /// Returns {1, id, first_use} for a new message or {0, original id, 0} for a duplicate.
+    static let publish = RedisScript(
+        """
+        if ARGV[6] ~= '' then
+          local prev = redis.call('GET', KEYS[2])
+          if prev then return {0, prev, 0} end
+        end
+        local maxlen = tonumber(ARGV[4])
+        if redis.call('EXISTS', KEYS[1]) == 0 then
+          local last = redis.call('HGET', KEYS[3], 'last_id')
+          if last then redis.call('HSET', KEYS[3], 'trimmed_id', last) end
+        else
+          local excess = redis.call('XLEN', KEYS[1]) + 1 - maxlen
+          if excess > 0 then
+            local gone = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess)
+            if #gone > 0 then redis.call('HSET', KEYS[3], 'trimmed_id', gone[#gone][1]) end
+          end
+        end
+        local id
+        if ARGV[3] ~= '' then
+          id = redis.call('XADD', KEYS[1], 'MAXLEN', maxlen, '*', 'e', ARGV[1], 'd', ARGV[2], 'c', ARGV[3])
+        else
+          id = redis.call('XADD', KEYS[1], 'MAXLEN', maxlen, '*', 'e', ARGV[1], 'd', ARGV[2])
+        end
+        if maxlen == 0 then redis.call('HSET', KEYS[3], 'trimmed_id', id) end
+        redis.call('PEXPIRE', KEYS[1], ARGV[5])
+        redis.call('HSET', KEYS[3], 'last_id', id)
+        local first = redis.call('HSETNX', KEYS[3], 'first_used', ARGV[8])
+        redis.call('PUBLISH', ARGV[7], 'm\\n' .. id .. '\\n' .. #ARGV[3] .. '\\n' .. ARGV[3] .. #ARGV[1] .. '\\n' .. ARGV[1] .. ARGV[2])
+        if ARGV[6] ~= '' then redis.call('SET', KEYS[2], id, 'PX', ARGV[6]) end
+        return {1, id, first}
+        """)
+
+    /// KEYS: stream, meta. ARGV: position. Returns {greatest id no longer retained, entries after position}.
+    static let replay = RedisScript(
+        """
+        local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+')
+        local gone
+        if redis.call('EXISTS', KEYS[1]) == 1 then
+          gone = redis.call('HGET', KEYS[2], 'trimmed_id')
+        else
+          gone = redis.call('HGET', KEYS[2], 'last_id')
+        end
+        return {gone or '0-0', entries}
+        """)
+
+    /// KEYS: presence hash, expiry zset. ARGV: connection id, member JSON, expiry ms, pub/sub channel.
+    /// Returns 1 when the member existed (an update), 0 for an enter.
+    static let enter = RedisScript(
+        """
+        local existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
+        redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+        local action = 'enter'
+        if existed == 1 then action = 'update' end
+        redis.call('PUBLISH', ARGV[4], 'p\\n' .. action .. '\\n' .. ARGV[2])
+        return existed
+        """)
+
+    /// KEYS: presence hash, expiry zset. ARGV: connection id, pub/sub channel. Returns 1 when it left.
+    static let leave = RedisScript(
+        """
+        local m = redis.call('HGET', KEYS[1], ARGV[1])
+        if not m then return 0 end
+        redis.call('HDEL', KEYS[1], ARGV[1])
+        redis.call('ZREM', KEYS[2], ARGV[1])
+        redis.call('PUBLISH', ARGV[2], 'p\\nleave\\n' .. m)
+        return 1
+        """)
+
+    /// KEYS: presence hash, expiry zset. ARGV: now ms, pub/sub channel. Removes expired members
+    /// with one leave each (HDEL succeeds once, however many nodes sweep). Returns {removed, left}.
+    static let sweep = RedisScript(
+        """
+        local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+        local n = 0
+        for _, conn in ipairs(expired) do
+          redis.call('ZREM', KEYS[2], conn)
+          local m = redis.call('HGET', KEYS[1], conn)
+          if m then
+            redis.call('HDEL', KEYS[1], conn)
+            redis.call('PUBLISH', ARGV[2], 'p\\nleave\\n' .. m)
+            n = n + 1
+          end
+        end
+        return {n, redis.call('ZCARD', KEYS[2])}
+        """)
+
+    /// KEYS: presence hash, expiry zset. ARGV: now ms. Member JSON of live members.
+    static let members = RedisScript(
+        """
+        local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf')
+        if #live == 0 then return {} end
+        return redis.call('HMGET', KEYS[1], unpack(live))
+        """)
+
+    /// KEYS: meta. ARGV: type, history_size, history_ttl_seconds, created_at.
+    /// Returns {created (0/1), type, history_size, history_ttl_seconds, created_at}.
+    static let createChannel = RedisScript(
+        """
+        local existing = redis.call('HMGET', KEYS[1], 'type', 'history_size', 'history_ttl_seconds', 'created_at')
+        if existing[1] then return {0, existing[1], existing[2], existing[3], existing[4]} end
+        redis.call('HSET', KEYS[1], 'type', ARGV[1], 'history_size', ARGV[2], 'history_ttl_seconds', ARGV[3], 'created_at', ARGV[4])
+        return {1, ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
+        """)
+
+    /// KEYS: presence hash, expiry zset, stream, meta, subscriber counts. ARGV: pub/sub channel.
+    /// Members leave (with events) first, then the data goes and nodes end subscriptions.
+    static let deleteChannel = RedisScript(
+        """
+        local members = redis.call('HVALS', KEYS[1])
+        for _, m in ipairs(members) do
+          redis.call('PUBLISH', ARGV[1], 'p\\nleave\\n' .. m)
+        end
+        redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+        redis.call('PUBLISH', ARGV[1], 'd')
+        return #members
+        """)
+}
