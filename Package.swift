@@ -130,6 +130,7 @@ let package = Package(
             dependencies: [
                 "RealtimeServer",
                 "RealtimeCore",
+                "RealtimeTestSupport",
                 .product(name: "WSClient", package: "swift-websocket"),
                 .product(name: "WSCompression", package: "swift-websocket"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -16,8 +16,6 @@ struct TestNode {
     let port: Int
     let group: ServiceGroup
     var key: String { gateway.bootstrapKey }
-    var base: String { "http://127.0.0.1:\(port)" }
-    var wsURL: String { "ws://127.0.0.1:\(port)/v1/realtime/ws" }
 
     static func configuration(_ adjust: (inout GatewayConfiguration) -> Void = { _ in }) -> GatewayConfiguration {
         var c = GatewayConfiguration()
@@ -51,12 +49,56 @@ struct TestNode {
             try await tasks.waitForAll()
         }
     }
+}
 
-    struct Reply: Sendable {
-        var status: Int
-        var json: JSONValue
-        var headers: [(String, String)]
+extension TestNode: NodeAccess {}
+
+extension JSONValue {
+    subscript(key: String) -> JSONValue {
+        if case .object(let o) = self { return o[key] ?? .null }
+        return .null
     }
+
+    subscript(index: Int) -> JSONValue {
+        if case .array(let a) = self, index < a.count { return a[index] }
+        return .null
+    }
+
+    var string: String? { if case .string(let s) = self { return s } else { return nil } }
+    var int: Int? {
+        switch self {
+        case .integer(let i): return Int(i)
+        case .number(let d): return Int(d)
+        default: return nil
+        }
+    }
+    var bool: Bool? { if case .bool(let b) = self { return b } else { return nil } }
+    var array: [JSONValue] { if case .array(let a) = self { return a } else { return [] } }
+    var isNull: Bool { self == .null }
+    var keys: Set<String> { if case .object(let o) = self { return Set(o.keys) } else { return [] } }
+}
+
+/// REST and WebSocket helpers for any node under test (in-process or a separate process).
+protocol NodeAccess {
+    var port: Int { get }
+    var key: String { get }
+}
+
+/// A REST reply, decoded.
+struct Reply: Sendable {
+    var status: Int
+    var json: JSONValue
+    var headers: [(String, String)]
+}
+
+extension TestNode {
+    typealias Reply = RealtimeServerTests.Reply
+}
+
+extension NodeAccess {
+    var base: String { "http://127.0.0.1:\(port)" }
+    var wsURL: String { "ws://127.0.0.1:\(port)/v1/realtime/ws" }
+
 
     /// A REST call with the bootstrap key unless another (or none: "") is given.
     func rest(_ method: HTTPMethod, _ path: String, _ body: String? = nil, key: String? = nil, headers: [(String, String)] = []) async throws -> Reply {
@@ -111,29 +153,4 @@ struct TestNode {
             try await Task.sleep(for: .milliseconds(20))
         }
     }
-}
-
-extension JSONValue {
-    subscript(key: String) -> JSONValue {
-        if case .object(let o) = self { return o[key] ?? .null }
-        return .null
-    }
-
-    subscript(index: Int) -> JSONValue {
-        if case .array(let a) = self, index < a.count { return a[index] }
-        return .null
-    }
-
-    var string: String? { if case .string(let s) = self { return s } else { return nil } }
-    var int: Int? {
-        switch self {
-        case .integer(let i): return Int(i)
-        case .number(let d): return Int(d)
-        default: return nil
-        }
-    }
-    var bool: Bool? { if case .bool(let b) = self { return b } else { return nil } }
-    var array: [JSONValue] { if case .array(let a) = self { return a } else { return [] } }
-    var isNull: Bool { self == .null }
-    var keys: Set<String> { if case .object(let o) = self { return Set(o.keys) } else { return [] } }
 }

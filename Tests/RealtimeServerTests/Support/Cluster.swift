@@ -1,0 +1,104 @@
+import AsyncHTTPClient
+import Foundation
+import RealtimeCore
+import RealtimeTestSupport
+import Testing
+
+/// A `realtime-gateway` process (the real binary) on a free port.
+final class GatewayProcess: NodeAccess, @unchecked Sendable {
+    // @unchecked: `process` is set once in `start` and read afterwards by the test's own task.
+    let port: Int
+    let key: String
+    let nodeID: String
+    private var process: Process?
+
+    init(port: Int, key: String, nodeID: String) {
+        self.port = port
+        self.key = key
+        self.nodeID = nodeID
+    }
+
+    static var binary: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent(".build/debug/realtime-gateway")
+    }
+
+    func start(environment: [String: String]) async throws {
+        let p = Process()
+        p.executableURL = Self.binary
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("REALTIME_") }
+        for (k, v) in environment { env[k] = v }
+        env["REALTIME_PORT"] = String(port)
+        env["REALTIME_NODE_ID"] = nodeID
+        env["REALTIME_LOG_LEVEL"] = env["REALTIME_LOG_LEVEL"] ?? "critical"
+        p.environment = env
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        process = p
+        try await eventually("node \(nodeID) ready", timeout: .seconds(20)) {
+            (try? await self.rest(.GET, "/readyz", key: ""))?.status == 200
+        }
+    }
+
+    var isRunning: Bool { process?.isRunning ?? false }
+
+    /// SIGKILL: the node dies without a word (no close frames, no presence cleanup).
+    func kill9() {
+        guard let p = process, p.isRunning else { return }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+    }
+
+    /// SIGTERM and wait (bounded) for the graceful exit.
+    func terminate() {
+        guard let p = process, p.isRunning else { return }
+        kill(p.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(15)
+        while p.isRunning, Date() < deadline { usleep(20_000) }
+        if p.isRunning { kill9() }
+    }
+
+    deinit { kill9() }
+}
+
+/// A real redis-server and N gateway processes sharing it, as users run them.
+struct Cluster {
+    let redis: RedisServerProcess
+    let nodes: [GatewayProcess]
+    static let key = "cluster-bootstrap-key-0123456789"
+    static let secret = String(repeating: "c", count: 40)
+
+    static func with(nodes count: Int, environment: [String: String] = [:], _ body: (Cluster) async throws -> Void) async throws {
+        let redis = try RedisServerProcess()
+        try await redis.start()
+        var nodes: [GatewayProcess] = []
+        let env = [
+            "REALTIME_REDIS_URL": redis.url, "REALTIME_TOKEN_SECRET": secret, "REALTIME_API_KEY": key,
+            "REALTIME_KEY_PREFIX": "t" + RandomID.hex(bytes: 3),
+        ].merging(environment) { $1 }
+        do {
+            for i in 0..<count {
+                let node = GatewayProcess(port: try RedisServerProcess.freePort(), key: key, nodeID: "node-\(i + 1)")
+                try await node.start(environment: env)
+                nodes.append(node)
+            }
+            try await body(Cluster(redis: redis, nodes: nodes))
+        } catch {
+            for n in nodes { n.terminate() }
+            redis.stop()
+            throw error
+        }
+        for n in nodes { n.terminate() }
+        redis.stop()
+    }
+}
+
+/// Waits (bounded) for a condition, polling.
+func eventually(_ what: String, timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else { throw TestSocket.Timeout(what: what) }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+}
