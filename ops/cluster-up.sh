@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Starts the docker-compose topology natively on loopback, without Docker: one redis-server,
+# three gateway nodes and an nginx load balancer in front, all from Debian packages.
+#
+#   bash ops/cluster-up.sh          # LB on http://127.0.0.1:8080, nodes on 8081-8083, redis on 6390
+#   bash ops/cluster-down.sh        # stops exactly what this started (by PID)
+#
+# Settings (environment): RT_BASE_PORT (LB port; nodes use the next three), RT_REDIS_PORT,
+# RT_RUN_DIR (PID files, logs, generated secrets; default ops/.run), RT_GATEWAY_BIN (a built
+# realtime-gateway; default: build the release binary), RT_NODES (default 3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+BASE=${RT_BASE_PORT:-8080}
+REDIS_PORT=${RT_REDIS_PORT:-6390}
+NODES=${RT_NODES:-3}
+RUN=$(mkdir -p "${RT_RUN_DIR:-ops/.run}" && cd "${RT_RUN_DIR:-ops/.run}" && pwd)
+BIN=${RT_GATEWAY_BIN:-}
+if [ -z "$BIN" ]; then
+  swift build -c release --product realtime-gateway >&2
+  BIN=.build/release/realtime-gateway
+fi
+
+# Secrets shared by every node, generated once per run directory.
+[ -s "$RUN/token-secret" ] || head -c 48 /dev/urandom | base64 | tr -d '\n/+=' > "$RUN/token-secret"
+[ -s "$RUN/api-key" ] || { printf 'rk_'; head -c 24 /dev/urandom | base64 | tr -d '\n/+='; } > "$RUN/api-key"
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+  --daemonize yes --pidfile "$RUN/redis.pid" --logfile "$RUN/redis.log" --dir "$RUN" </dev/null >/dev/null 2>&1
+for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+
+upstreams=""
+for i in $(seq 1 "$NODES"); do
+  port=$((BASE + i))
+  REALTIME_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" REALTIME_TOKEN_SECRET="$(cat "$RUN/token-secret")" \
+  REALTIME_API_KEY="$(cat "$RUN/api-key")" REALTIME_PUBLIC_URL="http://127.0.0.1:$BASE" \
+    nohup "$BIN" --port "$port" --node-id "node-$i" </dev/null > "$RUN/node-$i.log" 2>&1 &
+  echo $! > "$RUN/node-$i.pid"
+  upstreams="$upstreams    server 127.0.0.1:$port max_fails=1 fail_timeout=2s;\n"
+done
+
+mkdir -p "$RUN/nginx"
+printf "worker_processes 1;
+pid $RUN/nginx.pid;
+error_log $RUN/nginx-error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $RUN/nginx/body;
+  proxy_temp_path $RUN/nginx/proxy;
+  fastcgi_temp_path $RUN/nginx/fastcgi;
+  uwsgi_temp_path $RUN/nginx/uwsgi;
+  scgi_temp_path $RUN/nginx/scgi;
+  client_max_body_size 16m;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  upstream realtime {
+$upstreams  }
+  server {
+    listen 127.0.0.1:$BASE;
+    location / {
+      proxy_pass http://realtime;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header Host \$host;
+      proxy_read_timeout 3600s;
+      proxy_next_upstream error timeout http_503;
+    }
+  }
+}
+" > "$RUN/nginx.conf"
+nginx -c "$RUN/nginx.conf" -p "$RUN/nginx" </dev/null >/dev/null 2>&1
+
+for _ in $(seq 1 200); do
+  curl -fsS "http://127.0.0.1:$BASE/readyz" >/dev/null 2>&1 && ready=1 && break
+  sleep 0.1
+done
+if [ "${ready:-0}" != 1 ]; then echo "cluster-up: the load balancer did not become ready; see $RUN/*.log" >&2; exit 1; fi
+echo "cluster up: http://127.0.0.1:$BASE (nodes 127.0.0.1:$((BASE + 1))-$((BASE + NODES)), redis 127.0.0.1:$REDIS_PORT)"
+echo "API key: $(cat "$RUN/api-key")"
+echo "Inspect: REDIS_URL=redis://127.0.0.1:$REDIS_PORT bash ops/rt-inspect channels"
