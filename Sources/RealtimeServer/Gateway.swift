@@ -62,6 +62,8 @@ public struct Gateway: Sendable {
 
     func application() -> some Service {
         let router = Router(context: GatewayRequestContext.self)
+        // Request metrics go to swift-metrics (the binary bootstraps it with the same registry).
+        router.middlewares.add(MetricsMiddleware())
         router.middlewares.add(ErrorMiddleware())
         RESTController(runtime: runtime).register(on: router)
         OperationsController(runtime: runtime).register(on: router)
