@@ -1,12 +1,13 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// A real `redis-server` on a free loopback port, for tests. Started and stopped by PID; no
 /// persistence, so a restart starts empty (like a crashed cache node).
 public final class RedisServerProcess: @unchecked Sendable {
     // @unchecked: `process` is only replaced by `start`/`stop`, which tests call from one task.
-    public let port: Int
+    public private(set) var port: Int
     private var process: Process?
     private let directory: URL
 
@@ -18,8 +19,21 @@ public final class RedisServerProcess: @unchecked Sendable {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     }
 
-    /// Starts the server and waits until it accepts connections.
-    public func start() async throws {
+    /// Starts the server and waits until it accepts connections. If the chosen port was taken
+    /// meanwhile (another test raced for it), tries a new one, unless `keepPort`.
+    public func start(keepPort: Bool = false) async throws {
+        for attempt in 0..<5 {
+            if attempt > 0 {
+                stop()
+                guard !keepPort else { break }
+                port = try Self.freePort()
+            }
+            if try await launch() { return }
+        }
+        throw CocoaError(.executableLoad)
+    }
+
+    private func launch() async throws -> Bool {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary())
         p.arguments = [
@@ -31,14 +45,16 @@ public final class RedisServerProcess: @unchecked Sendable {
         try p.run()
         process = p
         let deadline = ContinuousClock.now + .seconds(10)
-        while ContinuousClock.now < deadline {
+        while ContinuousClock.now < deadline, p.isRunning {
             if let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get() {
                 try? await channel.close().get()
-                return
+                // Someone else's server may own the port while ours failed to bind and exits.
+                try await Task.sleep(for: .milliseconds(100))
+                return p.isRunning
             }
             try await Task.sleep(for: .milliseconds(20))
         }
-        throw CocoaError(.executableLoad)
+        return false
     }
 
     /// Stops the server (SIGKILL: nothing is saved, clients see the connection drop).
@@ -61,11 +77,15 @@ public final class RedisServerProcess: @unchecked Sendable {
         return "redis-server"
     }
 
-    /// A port nothing listens on right now.
+    /// A port nothing listens on right now, never the same twice in one test process.
     public static func freePort() throws -> Int {
-        let channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).wait()
-        let port = channel.localAddress?.port ?? 0
-        try channel.close().wait()
-        return port
+        while true {
+            let channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).wait()
+            let port = channel.localAddress?.port ?? 0
+            try channel.close().wait()
+            if handedOut.withLock({ $0.insert(port).inserted }) { return port }
+        }
     }
+
+    private static let handedOut = Mutex<Set<Int>>([])
 }

@@ -148,7 +148,7 @@ import Testing
             cluster.redis.stop()
             try await eventually("not ready during the outage") { try await n1.rest(.GET, "/readyz", key: "").status == 503 }
             try await Task.sleep(for: .milliseconds(500))
-            try await cluster.redis.start()
+            try await cluster.redis.start(keepPort: true)
             try await eventually("ready again", timeout: .seconds(20)) {
                 let a = try await n1.rest(.GET, "/readyz", key: "").status
                 let b = try await n2.rest(.GET, "/readyz", key: "").status

@@ -1,4 +1,5 @@
 import Foundation
+import NIOPosix
 import RealtimeCore
 import RealtimeTestSupport
 import Testing
@@ -15,9 +16,10 @@ import Testing
 
     @Test func nativeClusterServesThroughTheLoadBalancerAndStopsCleanly() async throws {
         let runDir = FileManager.default.temporaryDirectory.appendingPathComponent("rt-run-\(UUID().uuidString)").path
-        let base = Int.random(in: 30_000..<45_000)
+        // Below the kernel's ephemeral range, so no other test's free-port pick can collide.
+        let base = try Self.freeBlock(of: 5, in: 20_000..<32_000)
         let env = [
-            "RT_BASE_PORT": String(base), "RT_REDIS_PORT": String(try RedisServerProcess.freePort()), "RT_RUN_DIR": runDir,
+            "RT_BASE_PORT": String(base), "RT_REDIS_PORT": String(base + 4), "RT_RUN_DIR": runDir,
             "RT_GATEWAY_BIN": GatewayProcess.binary.path,
         ]
         let (status, output) = try await Self.run(["bash", "ops/cluster-up.sh"], environment: env)
@@ -85,6 +87,19 @@ import Testing
         #expect(status == 0)
         let compose = try String(contentsOf: Self.root.appendingPathComponent("docker-compose.yml"), encoding: .utf8)
         for service in ["redis:", "node1:", "node2:", "node3:", "lb:"] { #expect(compose.contains(service)) }
+    }
+
+    /// The first of `count` consecutive ports that are free right now.
+    static func freeBlock(of count: Int, in range: Range<Int>) throws -> Int {
+        for _ in 0..<50 {
+            let base = Int.random(in: range.lowerBound..<(range.upperBound - count))
+            let free = (base..<(base + count)).allSatisfy { port in
+                (try? ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: port).wait())
+                    .map { try? $0.close().wait(); return true } ?? false
+            }
+            if free { return base }
+        }
+        throw CocoaError(.fileNoSuchFile)
     }
 
     /// The key prefix a test cluster uses (random per cluster), read back from Redis.

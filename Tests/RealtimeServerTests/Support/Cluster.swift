@@ -6,13 +6,15 @@ import Testing
 
 /// A `realtime-gateway` process (the real binary) on a free port.
 final class GatewayProcess: NodeAccess, @unchecked Sendable {
-    // @unchecked: `process` is set once in `start` and read afterwards by the test's own task.
-    let port: Int
+    // @unchecked: `port` and `process` are set in `start` and read afterwards by the test's own task.
+    private(set) var port: Int
     let key: String
     let nodeID: String
     private var process: Process?
 
-    init(port: Int, key: String, nodeID: String) {
+    /// A node to start (it binds a free port itself and reports it), or, with a port, an
+    /// address to reach something already running.
+    init(port: Int = 0, key: String, nodeID: String) {
         self.port = port
         self.key = key
         self.nodeID = nodeID
@@ -28,14 +30,24 @@ final class GatewayProcess: NodeAccess, @unchecked Sendable {
         p.executableURL = Self.binary
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("REALTIME_") }
         for (k, v) in environment { env[k] = v }
-        env["REALTIME_PORT"] = String(port)
+        env["REALTIME_PORT"] = "0"
         env["REALTIME_NODE_ID"] = nodeID
         env["REALTIME_LOG_LEVEL"] = env["REALTIME_LOG_LEVEL"] ?? "critical"
         p.environment = env
-        p.standardOutput = FileHandle.nullDevice
+        let outPath = FileManager.default.temporaryDirectory.appendingPathComponent("gw-\(UUID().uuidString)").path
+        FileManager.default.createFile(atPath: outPath, contents: nil)
+        p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
         p.standardError = FileHandle.nullDevice
         try p.run()
         process = p
+        defer { try? FileManager.default.removeItem(atPath: outPath) }
+        // The banner names the port the node bound.
+        try await eventually("node \(nodeID) to print its address", timeout: .seconds(20)) {
+            let banner = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
+            guard let range = banner.range(of: "listening on http://127.0.0.1:") else { return false }
+            self.port = Int(banner[range.upperBound...].prefix { $0.isNumber }) ?? 0
+            return self.port > 0
+        }
         try await eventually("node \(nodeID) ready", timeout: .seconds(20)) {
             (try? await self.rest(.GET, "/readyz", key: ""))?.status == 200
         }
@@ -79,7 +91,7 @@ struct Cluster {
         ].merging(environment) { $1 }
         do {
             for i in 0..<count {
-                let node = GatewayProcess(port: try RedisServerProcess.freePort(), key: key, nodeID: "node-\(i + 1)")
+                let node = GatewayProcess(key: key, nodeID: "node-\(i + 1)")
                 try await node.start(environment: env)
                 nodes.append(node)
             }
