@@ -5,7 +5,7 @@ set -euo pipefail
 need=()
 # hiredis for the Redis client, redis-server for tests and the native cluster, nginx for the
 # native cluster's load balancer, docker-compose (v1) to validate docker-compose.yml.
-for pkg in libhiredis-dev redis-server redis-tools pkg-config nginx docker-compose curl; do
+for pkg in libhiredis-dev redis-server redis-tools pkg-config nginx docker-compose curl openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -11,12 +11,39 @@ public final class RedisServerProcess: @unchecked Sendable {
     private var process: Process?
     private let directory: URL
 
-    public var url: String { "redis://127.0.0.1:\(port)" }
+    /// Serves TLS only (with a CA and certificate made for the test) when set.
+    public let tls: Bool
 
-    public init(port: Int? = nil) throws {
+    public var url: String {
+        tls ? "rediss://127.0.0.1:\(port)?tls_ca_file=\(directory.path)/ca.crt" : "redis://127.0.0.1:\(port)"
+    }
+
+    public init(port: Int? = nil, tls: Bool = false) throws {
         self.port = try port ?? Self.freePort()
+        self.tls = tls
         self.directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        if tls { try makeCertificates() }
+    }
+
+    /// A CA and a server certificate for 127.0.0.1, with the openssl command line tool.
+    private func makeCertificates() throws {
+        let d = directory.path
+        let script = """
+            set -e; cd '\(d)'
+            openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=test-ca
+            openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf
+            openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext.cnf
+            """
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", script]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw CocoaError(.fileWriteUnknown) }
     }
 
     /// Starts the server and waits until it accepts connections. If the chosen port was taken
@@ -36,9 +63,14 @@ public final class RedisServerProcess: @unchecked Sendable {
     private func launch() async throws -> Bool {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary())
-        p.arguments = [
-            "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", directory.path, "--protected-mode", "no", "--loglevel", "warning",
+        let d = directory.path
+        let listen = tls
+            ? ["--port", "0", "--tls-port", String(port), "--tls-cert-file", d + "/server.crt", "--tls-key-file", d + "/server.key",
+                "--tls-ca-cert-file", d + "/ca.crt", "--tls-auth-clients", "no"]
+            : ["--port", String(port)]
+        p.arguments = listen + [
+            "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", d, "--protected-mode", "no", "--loglevel", "warning",
         ]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice

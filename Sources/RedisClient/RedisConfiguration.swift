@@ -1,5 +1,6 @@
 /// Where and how to connect: parsed from `redis://[user:password@]host[:port][/db]` or
-/// `rediss://...` (TLS).
+/// `rediss://...` (TLS, verified against the system's trust roots, or against the PEM file
+/// named by a `?tls_ca_file=/path` query for a private CA).
 public struct RedisConfiguration: Sendable, Equatable {
     public var host: String
     public var port: Int
@@ -7,6 +8,8 @@ public struct RedisConfiguration: Sendable, Equatable {
     public var username: String?
     public var password: String?
     public var tls: Bool
+    /// PEM file of the CA to trust for `rediss://` instead of the system's roots.
+    public var tlsCAFile: String?
     /// A command without a reply in this time fails and its connection is closed.
     public var commandTimeout: Duration = .seconds(5)
     public var connectTimeout: Duration = .seconds(3)
@@ -33,6 +36,15 @@ public struct RedisConfiguration: Sendable, Equatable {
             tls = true
         } else {
             throw .invalidURL("must start with redis:// or rediss://")
+        }
+        var caFile: String?
+        if let q = rest.firstIndex(of: "?") {
+            for pair in rest[rest.index(after: q)...].split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                guard kv.count == 2, kv[0] == "tls_ca_file" else { throw .invalidURL("unknown parameter '\(pair)'") }
+                caFile = String(kv[1])
+            }
+            rest = rest[..<q]
         }
         var username: String?
         var password: String?
@@ -65,5 +77,6 @@ public struct RedisConfiguration: Sendable, Equatable {
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         guard !host.isEmpty else { throw .invalidURL("missing host") }
         self.init(host: host, port: port, database: database, username: username, password: password, tls: tls)
+        self.tlsCAFile = caFile
     }
 }

@@ -85,7 +85,11 @@ public final class RedisConnection: Sendable {
         _ config: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         onPush: (@Sendable (ByteBuffer, ByteBuffer) -> Void)? = nil
     ) async throws -> RedisConnection {
-        let sslContext = try config.tls ? NIOSSLContext(configuration: .makeClientConfiguration()) : nil
+        var tlsConfiguration = TLSConfiguration.makeClientConfiguration()
+        if let ca = config.tlsCAFile { tlsConfiguration.trustRoots = .file(ca) }
+        let sslContext = try config.tls ? NIOSSLContext(configuration: tlsConfiguration) : nil
+        // SNI takes names, not addresses; an address is still checked against the certificate.
+        let serverName = config.host.contains(where: { $0.isLetter }) ? config.host : nil
         let channel: any Channel
         do {
             channel = try await ClientBootstrap(group: group)
@@ -94,7 +98,7 @@ public final class RedisConnection: Sendable {
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         if let sslContext {
-                            try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: config.host))
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: serverName))
                         }
                         try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(onPush: onPush))
                     }

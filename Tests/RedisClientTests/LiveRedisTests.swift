@@ -30,6 +30,33 @@ import Logging
         server.stop()
     }
 
+    @Test func rediss_URLsConnectOverTLSForCommandsAndPubSub() async throws {
+        let server = try RedisServerProcess(tls: true)
+        try await server.start()
+        let config = try RedisConfiguration(url: server.url)
+        #expect(config.tls && config.tlsCAFile != nil)
+        let client = RedisCommandClient(configuration: config)
+        try await client.send(["SET", "secure", "yes"])
+        #expect(try await client.send(["GET", "secure"]).string == "yes")
+        let subscriber = RedisSubscriber(configuration: config, logger: Logger(label: "test"))
+        let received = Locked<[String]>([])
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await subscriber.run(onMessage: { _, payload in received.withLock { $0.append(String(buffer: payload)) } }, onReconnect: { _ in })
+            }
+            try await subscriber.subscribe("tls")
+            try await client.send(["PUBLISH", "tls", "over-tls"])
+            try await eventually { received.withLock { $0 } == ["over-tls"] }
+            group.cancelAll()
+        }
+        // Without the private CA, the server's certificate is refused.
+        var untrusted = config
+        untrusted.tlsCAFile = nil
+        await #expect(throws: (any Error).self) { try await RedisCommandClient(configuration: untrusted).send(["PING"]) }
+        client.close()
+        server.stop()
+    }
+
     @Test func subscriberCountsChannelsAndResubscribesAfterARestart() async throws {
         let server = try RedisServerProcess()
         try await server.start()

@@ -54,7 +54,9 @@ import Testing
         #expect(b.host == "cache.example.com" && b.port == 6379 && b.tls && b.username == "user" && b.password == "s3cret")
         let c = try RedisConfiguration(url: "redis://:pw@localhost:7000")
         #expect(c.password == "pw" && c.username == nil && c.port == 7000)
-        for bad in ["http://x", "redis://", "redis://h:99999", "redis://h/db"] {
+        let d = try RedisConfiguration(url: "rediss://cache:6380/1?tls_ca_file=/etc/ca.pem")
+        #expect(d.tls && d.tlsCAFile == "/etc/ca.pem" && d.database == 1 && d.port == 6380)
+        for bad in ["http://x", "redis://", "redis://h:99999", "redis://h/db", "redis://h?what=1"] {
             #expect(throws: RedisError.self) { try RedisConfiguration(url: bad) }
         }
     }
