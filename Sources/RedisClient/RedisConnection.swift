@@ -93,7 +93,7 @@ public final class RedisConnection: Sendable {
         let channel: any Channel
         do {
             channel = try await ClientBootstrap(group: group)
-                .connectTimeout(.nanoseconds(Int64(config.connectTimeout.components.seconds) * 1_000_000_000 + config.connectTimeout.components.attoseconds / 1_000_000_000))
+                .connectTimeout(TimeAmount(config.connectTimeout))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -144,7 +144,7 @@ public final class RedisConnection: Sendable {
         RESPEncoder.encode(arguments, into: &bytes)
         let promise = channel.eventLoop.makePromise(of: RESPValue.self)
         let channel = self.channel
-        let timeout = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(commandTimeout.components.seconds) * 1_000_000_000)) {
+        let timeout = channel.eventLoop.scheduleTask(in: TimeAmount(commandTimeout)) {
             promise.fail(RedisError.timeout)
             channel.close(promise: nil)
         }
@@ -155,5 +155,13 @@ public final class RedisConnection: Sendable {
         written.futureResult.whenFailure { error in promise.fail(RedisError.connection("\(error)")) }
         channel.writeAndFlush(RedisRequest(bytes: bytes, promise: promise), promise: written)
         return promise.futureResult
+    }
+}
+
+extension TimeAmount {
+    /// The same span as a `Duration`, to the nanosecond.
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 }

@@ -30,6 +30,29 @@ import Logging
         server.stop()
     }
 
+    @Test func aCommandWithoutAReplyTimesOutAndTheClientRecovers() async throws {
+        let server = try RedisServerProcess()
+        try await server.start()
+        var config = try RedisConfiguration(url: server.url)
+        config.commandTimeout = .milliseconds(300)
+        config.poolSize = 1
+        let client = RedisCommandClient(configuration: config)
+        try await client.send(["SET", "k", "v"])
+        // Another connection makes Redis hold every client's commands for a while.
+        let admin = RedisCommandClient(configuration: try RedisConfiguration(url: server.url))
+        try await admin.send(["CLIENT", "PAUSE", "1500"])
+        let start = ContinuousClock.now
+        await #expect(throws: RedisError.self) { try await client.send(["GET", "k"]) }
+        #expect(ContinuousClock.now - start < .seconds(1))
+        try await Task.sleep(for: .milliseconds(1600))
+        // The timed-out connection was closed; the next command uses a new one.
+        var answer: String?
+        try await eventually { answer = try? await client.send(["GET", "k"]).string; return answer == "v" }
+        client.close()
+        admin.close()
+        server.stop()
+    }
+
     @Test func rediss_URLsConnectOverTLSForCommandsAndPubSub() async throws {
         let server = try RedisServerProcess(tls: true)
         try await server.start()
