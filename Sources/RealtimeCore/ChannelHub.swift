@@ -181,23 +181,25 @@ public final class ChannelHub: Sendable {
 
     /// Buffers the event for resuming subscribers and returns the live ones, under the lock.
     private func collect(_ channel: ChannelName, _ item: Buffered) -> [LiveEntry]? {
-        let overflowed: [any SubscriberSink]
-        let live: [LiveEntry]?
-        (live, overflowed) = state.withLock { s in
+        let (live, overflowed) = state.withLock { s -> ([LiveEntry]?, [any SubscriberSink]) in
             guard s.channels[channel] != nil else { return (nil, []) }
+            guard !s.channels[channel]!.pending.isEmpty else { return (s.channels[channel]!.live, []) }
+            // Moved out and back so the buffers are mutated in place, not copied.
+            var ch = s.channels.removeValue(forKey: channel)!
             var overflowed: [any SubscriberSink] = []
-            if !s.channels[channel]!.pending.isEmpty {
-                for id in Array(s.channels[channel]!.pending.keys) {
-                    if s.channels[channel]!.pending[id]!.items.count >= resumeBufferLimit {
-                        if !s.channels[channel]!.pending[id]!.overflowed { overflowed.append(s.channels[channel]!.pending[id]!.sink) }
-                        s.channels[channel]!.pending[id]!.overflowed = true
-                        s.channels[channel]!.pending[id]!.items.removeAll()
-                    } else if !s.channels[channel]!.pending[id]!.overflowed {
-                        s.channels[channel]!.pending[id]!.items.append(item)
+            do {
+                for id in Array(ch.pending.keys) where !ch.pending[id]!.overflowed {
+                    if ch.pending[id]!.items.count >= resumeBufferLimit {
+                        ch.pending[id]!.overflowed = true
+                        ch.pending[id]!.items.removeAll()
+                        overflowed.append(ch.pending[id]!.sink)
+                    } else {
+                        ch.pending[id]!.items.append(item)
                     }
                 }
+                s.channels[channel] = ch
             }
-            return (s.channels[channel]!.live, overflowed)
+            return (ch.live, overflowed)
         }
         for sink in overflowed { sink.slowConsumer() }
         return live

@@ -14,7 +14,7 @@ public final class RedisSubscriber: Sendable {
     let group: any EventLoopGroup
     let logger: Logger
     let state = Mutex(State())
-    /// Completes pings; the monotonic time of the last pong, for health checks.
+    /// Monotonic time (ns) of the last answered ping, for health checks.
     let lastPong = Atomic<Int64>(0)
 
     struct State {
