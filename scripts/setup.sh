@@ -3,9 +3,17 @@
 set -euo pipefail
 
 need=()
+pkgs=(libhiredis-dev redis-server redis-tools pkg-config nginx docker-compose curl openssl)
+# Optional groups, named in SETUP_GROUPS: `bench` adds Nchan (the benchmark's comparison point).
+for group in ${SETUP_GROUPS:-}; do
+  case $group in
+    bench) pkgs+=(libnginx-mod-nchan python3) ;;
+    *) echo "setup: unknown group $group" >&2; exit 2 ;;
+  esac
+done
 # hiredis for the Redis client, redis-server for tests and the native cluster, nginx for the
 # native cluster's load balancer, docker-compose (v1) to validate docker-compose.yml.
-for pkg in libhiredis-dev redis-server redis-tools pkg-config nginx docker-compose curl openssl; do
+for pkg in "${pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

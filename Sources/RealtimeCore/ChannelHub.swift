@@ -3,8 +3,15 @@ import Synchronization
 
 /// Where a node's hub delivers a subscription's frames: in practice a WebSocket connection.
 public protocol SubscriberSink: AnyObject, Sendable {
-    /// Queues an encoded text frame without blocking. The same buffer goes to every subscriber.
-    func send(_ frame: ByteBuffer)
+    /// The event loop `write` and `flush` must be called on; the hub hops there once per loop
+    /// and message, not once per subscriber. Nil: they may be called on any thread.
+    var eventLoop: (any EventLoop)? { get }
+    /// Writes a frame without blocking and without flushing; the same bytes go to every
+    /// subscriber. Returns true when the sink now holds unflushed bytes and no flush has been
+    /// asked for since, so the caller must make sure `flush` runs.
+    func write(_ frame: WireFrame) -> Bool
+    /// Flushes what `write` wrote.
+    func flush()
     /// The sink fell too far behind (its queue or resume buffer overflowed); it must close (4008).
     func slowConsumer()
     /// The channel was deleted; the hub has already dropped this subscription.
@@ -37,6 +44,7 @@ public final class ChannelHub: Sendable {
     let resumeBufferLimit: Int
     let state = Mutex(State())
     let controlHandler = Mutex<(@Sendable (EngineEvent) -> Void)?>(nil)
+    let batches = Mutex<[ObjectIdentifier: FlushBatch]>([:])
 
     struct LiveEntry {
         var id: UInt64
@@ -45,7 +53,7 @@ public final class ChannelHub: Sendable {
 
     enum Buffered {
         case message(Message)
-        case frame(ByteBuffer)
+        case frame(WireFrame)
     }
 
     struct Pending {
@@ -112,10 +120,9 @@ public final class ChannelHub: Sendable {
         await engine.reportLocalSubscribers(channel, count: count)
         announce(SubscribeOutcome(resumed: replay?.complete ?? false, replayed: replay?.messages.count ?? 0))
         var last = since
-        for message in replay?.messages ?? [] {
-            sink.send(ByteBuffer(string: message.json(asPush: true)))
-            last = message.id
-        }
+        let replayed = (replay?.messages ?? []).map { WireFrame(text: $0.json(asPush: true)) }
+        last = replay?.messages.last?.id ?? last
+        Self.deliver(replayed, to: sink)
         return state.withLock { s -> HubSubscription? in
             guard let pending = s.channels[channel]?.pending.removeValue(forKey: id) else { return nil }
             if pending.overflowed {
@@ -123,16 +130,19 @@ public final class ChannelHub: Sendable {
                 s.channels[channel]!.pending[id] = pending
                 return HubSubscription(channel: channel, id: id)
             }
+            var frames: [WireFrame] = []
             for item in pending.items {
                 switch item {
                 case .message(let m):
                     if let l = last, m.id <= l { continue }
                     last = m.id
-                    sink.send(ByteBuffer(string: m.json(asPush: true)))
+                    frames.append(WireFrame(text: m.json(asPush: true)))
                 case .frame(let f):
-                    sink.send(f)
+                    frames.append(f)
                 }
             }
+            // Queued on the sink's loop under the lock, so ahead of any live frame.
+            Self.deliver(frames, to: sink)
             s.channels[channel]!.live.append(LiveEntry(id: id, sink: sink))
             return HubSubscription(channel: channel, id: id)
         }
@@ -163,12 +173,11 @@ public final class ChannelHub: Sendable {
         switch event {
         case .message(let message):
             guard let live = collect(message.channel, .message(message)), !live.isEmpty else { return }
-            let frame = ByteBuffer(string: message.json(asPush: true))
-            for entry in live { entry.sink.send(frame) }
+            fanOut(WireFrame(text: message.json(asPush: true)), to: live)
         case .presence(let presence):
-            let frame = ByteBuffer(string: presence.pushJSON)
+            let frame = WireFrame(text: presence.pushJSON)
             guard let live = collect(presence.channel, .frame(frame)) else { return }
-            for entry in live { entry.sink.send(frame) }
+            fanOut(frame, to: live)
         case .channelDeleted(let channel):
             let removed = state.withLock { $0.channels.removeValue(forKey: channel) }
             guard let removed else { return }
@@ -176,6 +185,64 @@ public final class ChannelHub: Sendable {
             for pending in removed.pending.values { pending.sink.channelEnded(channel) }
         case .keyRevoked:
             controlHandler.withLock { $0 }?(event)
+        }
+    }
+
+    /// Writes frames to one sink on its loop, then flushes.
+    static func deliver(_ frames: [WireFrame], to sink: any SubscriberSink) {
+        guard !frames.isEmpty else { return }
+        guard let loop = sink.eventLoop else {
+            for f in frames { _ = sink.write(f) }
+            sink.flush()
+            return
+        }
+        loop.execute {
+            for f in frames { _ = sink.write(f) }
+            sink.flush()
+        }
+    }
+
+    /// Writes one frame to many sinks: one task per event loop writes it to each of that loop's
+    /// sinks, so a message costs a hop per loop rather than per subscriber. Flushes are
+    /// coalesced by the loop's ``FlushBatch``: when messages arrive faster than the loop writes
+    /// them, each socket gets one system call for several frames instead of one per frame.
+    func fanOut(_ frame: WireFrame, to live: [LiveEntry]) {
+        if live.count == 1 {
+            Self.deliver([frame], to: live[0].sink)
+            return
+        }
+        var groups: [(loop: (any EventLoop)?, sinks: [any SubscriberSink])] = []
+        for entry in live {
+            let loop = entry.sink.eventLoop
+            if let i = groups.firstIndex(where: { $0.loop === loop }) {
+                groups[i].sinks.append(entry.sink)
+            } else {
+                groups.append((loop, [entry.sink]))
+                groups[groups.count - 1].sinks.reserveCapacity(live.count)
+            }
+        }
+        for group in groups {
+            let sinks = group.sinks
+            guard let loop = group.loop else {
+                for s in sinks { _ = s.write(frame) }
+                for s in sinks { s.flush() }
+                continue
+            }
+            let batch = flushBatch(for: loop)
+            loop.execute {
+                for s in sinks where s.write(frame) { batch.dirty.append(s) }
+                batch.schedule(on: loop)
+            }
+        }
+    }
+
+    private func flushBatch(for loop: any EventLoop) -> FlushBatch {
+        batches.withLock { b in
+            let key = ObjectIdentifier(loop)
+            if let batch = b[key] { return batch }
+            let batch = FlushBatch()
+            b[key] = batch
+            return batch
         }
     }
 
@@ -203,5 +270,23 @@ public final class ChannelHub: Sendable {
         }
         for sink in overflowed { sink.slowConsumer() }
         return live
+    }
+}
+
+/// Sinks of one event loop written to but not yet flushed. Touched only on that loop.
+final class FlushBatch: @unchecked Sendable {
+    var dirty: [any SubscriberSink] = []
+    private var scheduled = false
+
+    /// Queues one flush pass behind the tasks already queued on the loop (further fan-outs).
+    func schedule(on loop: any EventLoop) {
+        guard !scheduled, !dirty.isEmpty else { return }
+        scheduled = true
+        loop.execute {
+            let sinks = self.dirty
+            self.dirty = []
+            self.scheduled = false
+            for s in sinks { s.flush() }
+        }
     }
 }

@@ -131,7 +131,7 @@ struct EngineService: Service {
             guard case .keyRevoked(let keyID) = event else { return }
             for session in registry.all where session.claims?.keyID == keyID {
                 session.push(WebSocketSession.error(.tokenInvalid("the API key that minted this token was revoked"), ref: nil))
-                session.queue.close(code: 4001, reason: "token revoked")
+                session.closer.close(code: 4001, reason: "token revoked")
             }
         }
         let hub = runtime.hub
@@ -166,7 +166,7 @@ struct DrainService: Service {
     func run() async throws {
         try? await gracefulShutdown()
         runtime.draining.store(true, ordering: .relaxed)
-        for session in runtime.registry.all { session.queue.close(code: 1012, reason: "node draining") }
+        for session in runtime.registry.all { session.closer.close(code: 1012, reason: "node draining") }
         let deadline = ContinuousClock.now + .seconds(max(1, runtime.configuration.timing.shutdownTimeoutSeconds - 2))
         while runtime.registry.count > 0, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))

@@ -17,7 +17,7 @@ extension WebSocketSession {
                 _ = await authenticate(token: token, ref: frame.ref, initial: true)
             } else {
                 push(Self.error(.noCredentials("authenticate first: send {\"op\":\"auth\",\"token\":...}"), ref: frame.ref))
-                queue.close(code: 4001, reason: "not authenticated")
+                closer.close(code: 4001, reason: "not authenticated")
             }
             return
         }

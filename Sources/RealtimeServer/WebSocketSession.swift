@@ -5,12 +5,14 @@ import NIOWebSocket
 import RealtimeCore
 import Synchronization
 
-/// One WebSocket connection: authentication, ops, its subscriptions and presence, and the
-/// bounded queue every frame to it goes through.
+/// One WebSocket connection: authentication, ops, its subscriptions and presence. Every frame
+/// to the client (replies and fan-out alike) goes through its ``FrameWriter`` on the channel's
+/// event loop, in the order it was sent.
 final class WebSocketSession: SubscriberSink {
     let connectionID: String
     let runtime: GatewayRuntime
-    let queue: OutboundQueue
+    let closer = CloseLatch()
+    let writer: FrameWriter
     let channel: any Channel
     let state = Mutex(State())
 
@@ -33,23 +35,34 @@ final class WebSocketSession: SubscriberSink {
         self.connectionID = "conn_" + RandomID.hex(bytes: 12)
         self.runtime = runtime
         self.channel = channel
-        self.queue = OutboundQueue(limit: runtime.configuration.limits.outboundQueueFrames)
+        self.writer = FrameWriter(limit: runtime.configuration.limits.outboundQueueFrames)
     }
 
     var claims: TokenClaims? { state.withLock { $0.claims } }
 
     // MARK: SubscriberSink
 
-    func send(_ frame: ByteBuffer) {
-        switch queue.push(frame) {
-        case .queued: runtime.metrics.delivered.increment()
-        case .overflowed: noteSlowConsumerIfNeeded()
-        case .closing: break
+    var eventLoop: (any EventLoop)? { channel.eventLoop }
+
+    func write(_ frame: WireFrame) -> Bool {
+        switch writer.write(frame) {
+        case .written(let first):
+            runtime.metrics.delivered.increment()
+            return first
+        case .queued:
+            runtime.metrics.delivered.increment()
+        case .overflowed:
+            slowConsumer()
+        case .stopped:
+            break
         }
+        return false
     }
 
+    func flush() { writer.flush() }
+
     func slowConsumer() {
-        queue.close(code: 4008, reason: "slow consumer", dropQueued: true)
+        closer.close(code: 4008, reason: "slow consumer", dropQueued: true)
         noteSlowConsumerIfNeeded()
     }
 
@@ -74,21 +87,26 @@ final class WebSocketSession: SubscriberSink {
     func run(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, queryToken: String?) async {
         runtime.metrics.connections.increment()
         runtime.metrics.connectionsOpened.increment()
+        // Closest to the socket, so its writes bypass the frame encoder above it.
+        guard (try? await channel.pipeline.addHandler(writer, position: .first).get()) != nil else {
+            runtime.metrics.connections.decrement()
+            return
+        }
         enum Side { case writer, reader }
         await withTaskGroup(of: Side.self) { group in
             group.addTask {
-                await self.writeLoop(outbound)
+                await self.closeWhenAsked(outbound)
                 return .writer
             }
             group.addTask {
                 await withTaskGroup(of: Void.self) { inner in
                     inner.addTask { await self.readLoop(inbound, queryToken: queryToken) }
                     inner.addTask { await self.expiryLoop() }
-                    inner.addTask { await self.queue.waitUntilClosing() }
+                    inner.addTask { await self.closer.waitUntilClosing() }
                     await inner.next()
                     // Whatever ended first, the connection is closing now (this also releases the
                     // closing watcher, which does not observe cancellation).
-                    self.queue.close(code: 1000, reason: "")
+                    self.closer.close(code: 1000, reason: "")
                     inner.cancelAll()
                 }
                 return .reader
@@ -124,20 +142,15 @@ final class WebSocketSession: SubscriberSink {
         for channel in present { _ = try? await runtime.engine.leavePresence(channel, connectionID: connectionID) }
     }
 
-    private func writeLoop(_ outbound: WebSocketOutboundWriter) async {
-        while let item = await queue.next() {
-            switch item {
-            case .frame(let buffer):
-                do {
-                    try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: buffer)))
-                } catch {
-                    return
-                }
-            case .close(let code, let reason):
-                try? await outbound.close(code == 1000 ? .normalClosure : .unknown(code), reason: reason.isEmpty ? nil : reason)
-                return
-            }
-        }
+    /// Sends the close frame once a close is requested, after every frame written before it
+    /// (or at once, dropping them, for a slow consumer).
+    private func closeWhenAsked(_ outbound: WebSocketOutboundWriter) async {
+        await closer.waitUntilClosing()
+        guard let request = closer.request else { return }
+        let writer = self.writer
+        let loop = channel.eventLoop
+        try? await loop.flatSubmit { writer.finish(dropQueued: request.dropQueued, on: loop) }.get()
+        try? await outbound.close(request.code == 1000 ? .normalClosure : .unknown(request.code), reason: request.reason.isEmpty ? nil : request.reason)
     }
 
     private func readLoop(_ inbound: WebSocketInboundStream, queryToken: String?) async {
@@ -159,12 +172,12 @@ final class WebSocketSession: SubscriberSink {
                 }
                 if message.count > limit {
                     push(Self.error(RealtimeError.tooLarge("frame exceeds \(limit) bytes"), ref: nil))
-                    queue.close(code: 4009, reason: "message too big")
+                    closer.close(code: 4009, reason: "message too big")
                     return
                 }
                 guard frame.fin else { continue }
                 await handle(message)
-                if queue.isClosing { return }
+                if closer.isClosing { return }
             }
         } catch {
             return
@@ -184,7 +197,7 @@ final class WebSocketSession: SubscriberSink {
             case (nil, _):
                 if now >= authDeadline {
                     push(Self.error(.noCredentials("no auth frame within \(runtime.configuration.timing.authTimeoutSeconds) s"), ref: nil))
-                    queue.close(code: 4001, reason: "authentication timeout")
+                    closer.close(code: 4001, reason: "authentication timeout")
                     return
                 }
                 // Authentication is about to happen on the reader; look again shortly.
@@ -193,7 +206,7 @@ final class WebSocketSession: SubscriberSink {
                 let expiresAt = exp * 1000
                 if now >= expiresAt {
                     push(Self.error(.tokenExpired(), ref: nil))
-                    queue.close(code: 4001, reason: "token expired")
+                    closer.close(code: 4001, reason: "token expired")
                     return
                 }
                 if warned != exp, now >= expiresAt - warning {
@@ -218,7 +231,7 @@ final class WebSocketSession: SubscriberSink {
             claims = try await runtime.verifyToken(token)
         } catch {
             push(Self.error(error, ref: ref))
-            if initial || self.claims == nil { queue.close(code: 4001, reason: error.code == 40140 ? "token expired" : "token invalid") }
+            if initial || self.claims == nil { closer.close(code: 4001, reason: error.code == 40140 ? "token expired" : "token invalid") }
             return false
         }
         let previous = self.claims
@@ -260,7 +273,20 @@ final class WebSocketSession: SubscriberSink {
 
     // MARK: Frames
 
-    func push(_ text: String) { send(ByteBuffer(string: text)) }
+    /// Sends a reply or notice, in order with every other frame to this client.
+    func push(_ text: String) {
+        let frame = WireFrame(text: text)
+        let loop = channel.eventLoop
+        if loop.inEventLoop {
+            _ = write(frame)
+            flush()
+        } else {
+            loop.execute {
+                _ = self.write(frame)
+                self.flush()
+            }
+        }
+    }
 
     static func frame(_ type: String, _ body: (inout JSONWriter) -> Void = { _ in }) -> String {
         var w = JSONWriter()

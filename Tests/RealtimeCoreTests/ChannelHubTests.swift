@@ -8,7 +8,12 @@ import Testing
 final class RecordingSink: SubscriberSink {
     let frames = Mutex<[String]>([])
     let slow = Atomic<Bool>(false)
-    func send(_ frame: ByteBuffer) { frames.withLock { $0.append(String(buffer: frame)) } }
+    var eventLoop: (any EventLoop)? { nil }
+    func write(_ frame: WireFrame) -> Bool {
+        frames.withLock { $0.append(String(buffer: frame.text)) }
+        return false
+    }
+    func flush() {}
     func slowConsumer() { slow.store(true, ordering: .relaxed) }
     func channelEnded(_ channel: ChannelName) { frames.withLock { $0.append("ended:\(channel)") } }
 

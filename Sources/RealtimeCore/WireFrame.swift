@@ -1,0 +1,52 @@
+import NIOCore
+
+/// A server-to-client text message encoded once as a complete, unmasked WebSocket frame, so
+/// the very same bytes are written to every subscriber's socket.
+public struct WireFrame: Sendable {
+    /// Header and payload, ready for the socket.
+    public let bytes: ByteBuffer
+
+    /// The JSON payload (a view into `bytes`).
+    public var text: ByteBuffer {
+        var b = bytes
+        b.moveReaderIndex(forwardBy: Self.headerLength(forFrame: bytes))
+        return b
+    }
+
+    public init(text: String) {
+        let length = text.utf8.count
+        var buffer = ByteBufferAllocator().buffer(capacity: length + 10)
+        Self.writeHeader(payloadLength: length, into: &buffer)
+        buffer.writeString(text)
+        bytes = buffer
+    }
+
+    public init(text payload: ByteBuffer) {
+        var buffer = ByteBufferAllocator().buffer(capacity: payload.readableBytes + 10)
+        Self.writeHeader(payloadLength: payload.readableBytes, into: &buffer)
+        buffer.writeImmutableBuffer(payload)
+        bytes = buffer
+    }
+
+    /// FIN + text opcode, then the length in the shortest form RFC 6455 allows; no mask.
+    static func writeHeader(payloadLength n: Int, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(0x81))
+        if n < 126 {
+            buffer.writeInteger(UInt8(n))
+        } else if n <= 0xFFFF {
+            buffer.writeInteger(UInt8(126))
+            buffer.writeInteger(UInt16(n))
+        } else {
+            buffer.writeInteger(UInt8(127))
+            buffer.writeInteger(UInt64(n))
+        }
+    }
+
+    static func headerLength(forFrame bytes: ByteBuffer) -> Int {
+        switch bytes.getInteger(at: bytes.readerIndex + 1, as: UInt8.self) ?? 0 {
+        case 126: 4
+        case 127: 10
+        default: 2
+        }
+    }
+}

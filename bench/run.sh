@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Runs every benchmark scenario against three systems on this machine, one after the other:
+#   memory : one realtime-gateway on the memory engine
+#   redis  : two realtime-gateway nodes on one redis-server; the publisher posts to node A,
+#            every subscriber is on node B, so each message crosses Redis
+#   nchan  : nginx + Nchan on the same redis-server (the comparison point)
+# Results: one JSON line per step in bench/results/latest.jsonl, then bench/report.py writes
+# the tables and plots into docs/benchmarks.md and docs/bench/.
+#
+#   bash bench/run.sh                 # everything (about 15 minutes)
+#   bash bench/run.sh fanout-1k idle  # chosen scenarios
+#   BENCH_SYSTEMS="memory nchan" bash bench/run.sh fanout-1k
+#
+# Loopback only; every process started here is stopped here, by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SETUP_GROUPS=bench source scripts/setup.sh
+swift build -c release --product realtime-gateway >/dev/null
+swift build -c release --product realtime-bench >/dev/null
+BIN=$(swift build -c release --show-bin-path)
+BENCH="$BIN/realtime-bench"
+GATEWAY="$BIN/realtime-gateway"
+
+SCENARIOS=${*:-"fanout-1k fanout-10k latency publish publish-100 channels-10k idle-10k idle-19k storm"}
+SYSTEMS=${BENCH_SYSTEMS:-"memory redis nchan"}
+RESULTS=${BENCH_RESULTS:-$ROOT/bench/results/latest.jsonl}
+STEP_SECONDS=${BENCH_STEP_SECONDS:-5}
+mkdir -p "$(dirname "$RESULTS")"
+: > "$RESULTS"
+
+RUN=$(mktemp -d /tmp/rt-bench.XXXXXX)
+KEY="bench-key-0123456789abcdef"
+SECRET="bench-token-secret-0123456789abcdef0123456789"
+REDIS_PORT=${BENCH_REDIS_PORT:-16379}
+PORT_MEMORY=18080 PORT_A=18081 PORT_B=18082 PORT_NCHAN=18090
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]:-}"; do [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]:-}"; do [[ -n "$pid" ]] && while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
+    PIDS=()
+}
+trap 'cleanup; rm -rf "$RUN"' EXIT
+
+wait_http() { # url
+    for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
+    echo "not answering: $1" >&2; return 1
+}
+
+start_redis() {
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+        --dir "$RUN" --logfile "$RUN/redis.log" --maxclients 10000 &
+    PIDS+=($!)
+    for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "redis did not start" >&2; return 1
+}
+
+start_gateway() { # port [redis]
+    local port=$1 redis=${2:-}
+    env -i PATH="$PATH" HOME="$HOME" \
+        REALTIME_PORT="$port" REALTIME_API_KEY="$KEY" REALTIME_TOKEN_SECRET="$SECRET" \
+        REALTIME_KEY_PUBLISH_RATE=100000000 REALTIME_MAX_CONNECTIONS=19900 REALTIME_LOG_LEVEL=warning \
+        ${redis:+REALTIME_REDIS_URL=redis://127.0.0.1:$REDIS_PORT} REALTIME_NODE_ID="bench-$port" \
+        "$GATEWAY" > "$RUN/gateway-$port.log" 2>&1 &
+    PIDS+=($!)
+    LAST_PID=$!
+    wait_http "http://127.0.0.1:$port/readyz"
+}
+
+start_nchan() {
+    mkdir -p "$RUN/nginx"
+    sed -e "s#@RUN@#$RUN/nginx#g" -e "s#@PORT@#$PORT_NCHAN#g" -e "s#@REDIS_PORT@#$REDIS_PORT#g" \
+        bench/nchan.conf.template > "$RUN/nginx/nginx.conf"
+    nginx -c "$RUN/nginx/nginx.conf" -p "$RUN/nginx" &
+    PIDS+=($!)
+    LAST_PID=$!
+    for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$PORT_NCHAN/pub/ping" 2>/dev/null && break; sleep 0.1; done
+    NCHAN_WORKERS=$(pgrep -P "$LAST_PID" | tr '\n' ' ')
+}
+
+# Starts a system; sets SUB_WS, PUB_URL, WIRE, MEASURE_PIDS (the process holding subscribers).
+start_system() {
+    case $1 in
+    memory)
+        start_gateway $PORT_MEMORY
+        WIRE=realtime SUB_WS="ws://127.0.0.1:$PORT_MEMORY/v1/realtime/ws" PUB_URL="http://127.0.0.1:$PORT_MEMORY/v1/realtime/publish"
+        MEASURE_PIDS="$LAST_PID" ;;
+    redis)
+        start_redis
+        start_gateway $PORT_A redis
+        start_gateway $PORT_B redis
+        WIRE=realtime SUB_WS="ws://127.0.0.1:$PORT_B/v1/realtime/ws" PUB_URL="http://127.0.0.1:$PORT_A/v1/realtime/publish"
+        MEASURE_PIDS="$LAST_PID" ;;
+    nchan)
+        start_redis
+        start_nchan
+        WIRE=raw SUB_WS="ws://127.0.0.1:$PORT_NCHAN/sub/{channel}" PUB_URL="http://127.0.0.1:$PORT_NCHAN/pub/{channel}"
+        MEASURE_PIDS="$NCHAN_WORKERS" ;;
+    esac
+}
+
+bench() { # system scenario-label subcommand args...
+    local system=$1 scenario=$2; shift 2
+    local cmd=$1; shift
+    echo "== $scenario on $system" >&2
+    "$BENCH" "$cmd" --wire "$WIRE" --ws-url "$SUB_WS" --publish-url "$PUB_URL" --key "$KEY" \
+        --label "$system" "$@" | sed -e "s/^{/{\"system\":\"$system\",\"case\":\"$scenario\",/" >> "$RESULTS" \
+        || echo "   ($scenario on $system failed; see above)" >&2
+}
+
+pid_args() { for p in $MEASURE_PIDS; do printf -- '--pid %s ' "$p"; done; }
+
+for scenario in $SCENARIOS; do
+    for system in $SYSTEMS; do
+        [[ $scenario == storm && $system == nchan ]] && { echo "== storm on nchan: skipped (no since_id resume over Nchan's plain WebSocket)" >&2; continue; }
+        start_system "$system"
+        case $scenario in
+        fanout-1k)   bench "$system" "$scenario" fanout --subscribers 1000 --channels 1 --seconds "$STEP_SECONDS" \
+                         --rates 100,200,400,600,800,1000,1200,1500,2000 --connections 16 --threads 2 ;;
+        fanout-10k)  bench "$system" "$scenario" fanout --subscribers 10000 --channels 1 --seconds "$STEP_SECONDS" \
+                         --rates 10,20,40,60,80,100,120,150,200 --connections 8 --workers 2 ;;
+        latency)     bench "$system" "$scenario" fanout --subscribers 1000 --channels 1 --seconds 10 --rates 100 --connections 8 --threads 2 ;;
+        publish)     bench "$system" "$scenario" fanout --subscribers 0 --channels 100 --seconds "$STEP_SECONDS" --rates max --connections 64 ;;
+        publish-100) bench "$system" "$scenario" fanout --subscribers 100 --channels 100 --seconds "$STEP_SECONDS" --rates max --connections 64 ;;
+        channels-10k) bench "$system" "$scenario" fanout --subscribers 10000 --channels 10000 --seconds "$STEP_SECONDS" \
+                         --rates 2000,5000,10000,20000,40000 --connections 32 --workers 2 ;;
+        idle-10k)    bench "$system" "$scenario" idle --connections 10000 --channels 100 $(pid_args) ;;
+        idle-19k)    bench "$system" "$scenario" idle --connections 19000 --channels 100 --workers 3 $(pid_args) ;;
+        storm)       bench "$system" "$scenario" storm --clients 10000 --channels 100 --messages 20 --workers 2 ;;
+        *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+        esac
+        cleanup
+    done
+done
+
+echo "results: $RESULTS" >&2
+python3 bench/report.py "$RESULTS"
