@@ -49,6 +49,8 @@ public final class ChannelHub: Sendable {
     struct LiveEntry {
         var id: UInt64
         var sink: any SubscriberSink
+        /// The sink's loop, read once at subscribe time.
+        var loop: (any EventLoop)?
     }
 
     enum Buffered {
@@ -143,7 +145,7 @@ public final class ChannelHub: Sendable {
             }
             // Queued on the sink's loop under the lock, so ahead of any live frame.
             Self.deliver(frames, to: sink)
-            s.channels[channel]!.live.append(LiveEntry(id: id, sink: sink))
+            s.channels[channel]!.live.append(LiveEntry(id: id, sink: sink, loop: sink.eventLoop))
             return HubSubscription(channel: channel, id: id)
         }
     }
@@ -213,7 +215,7 @@ public final class ChannelHub: Sendable {
         }
         var groups: [(loop: (any EventLoop)?, sinks: [any SubscriberSink])] = []
         for entry in live {
-            let loop = entry.sink.eventLoop
+            let loop = entry.loop
             if let i = groups.firstIndex(where: { $0.loop === loop }) {
                 groups[i].sinks.append(entry.sink)
             } else {

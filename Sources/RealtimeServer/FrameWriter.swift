@@ -28,11 +28,18 @@ final class FrameWriter: ChannelInboundHandler, RemovableChannelHandler, @unchec
     private var queued = Deque<ByteBuffer>()
     private var stopped = false
     private var needsFlush = false
+    /// The channel's writability, tracked here so the hot path reads a stored flag.
+    private var writable = true
+    /// Frames written since the last flush, counted into the delivery metric once per flush.
+    private(set) var unflushedFrames = 0
     private var drained: EventLoopPromise<Void>?
 
     init(limit: Int) { self.limit = limit }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        writable = context.channel.isWritable
+    }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
@@ -44,8 +51,9 @@ final class FrameWriter: ChannelInboundHandler, RemovableChannelHandler, @unchec
 
     func write(_ frame: WireFrame) -> WriteResult {
         guard !stopped, let context else { return .stopped }
-        if queued.isEmpty, context.channel.isWritable {
+        if queued.isEmpty, writable {
             context.write(wrapOutboundOut(frame.bytes), promise: nil)
+            unflushedFrames += 1
             defer { needsFlush = true }
             return .written(firstUnflushed: !needsFlush)
         }
@@ -55,21 +63,29 @@ final class FrameWriter: ChannelInboundHandler, RemovableChannelHandler, @unchec
             return .overflowed
         }
         queued.append(frame.bytes)
+        unflushedFrames += 1
         return .queued
     }
 
-    func flush() {
-        guard needsFlush, let context else { return }
+    /// Flushes; returns how many frames were handed to the socket or queued since the last flush.
+    @discardableResult
+    func flush() -> Int {
+        let frames = unflushedFrames
+        unflushedFrames = 0
+        guard needsFlush, let context else { return frames }
         needsFlush = false
         context.flush()
+        return frames
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        while context.channel.isWritable, let next = queued.popFirst() {
+        writable = context.channel.isWritable
+        while writable, let next = queued.popFirst() {
             context.write(wrapOutboundOut(next), promise: nil)
             needsFlush = true
+            writable = context.channel.isWritable
         }
-        flush()
+        _ = flush()
         if queued.isEmpty {
             drained?.succeed()
             drained = nil
@@ -82,7 +98,7 @@ final class FrameWriter: ChannelInboundHandler, RemovableChannelHandler, @unchec
     func finish(dropQueued: Bool, on loop: any EventLoop) -> EventLoopFuture<Void> {
         stopped = true
         if dropQueued { queued.removeAll() }
-        flush()
+        _ = flush()
         guard context != nil, !queued.isEmpty else { return loop.makeSucceededVoidFuture() }
         let p = drained ?? loop.makePromise(of: Void.self)
         drained = p

@@ -14,6 +14,7 @@ final class WebSocketSession: SubscriberSink {
     let closer = CloseLatch()
     let writer: FrameWriter
     let channel: any Channel
+    let loop: any EventLoop
     let state = Mutex(State())
 
     enum SubscriptionSlot {
@@ -35,6 +36,7 @@ final class WebSocketSession: SubscriberSink {
         self.connectionID = "conn_" + RandomID.hex(bytes: 12)
         self.runtime = runtime
         self.channel = channel
+        self.loop = channel.eventLoop
         self.writer = FrameWriter(limit: runtime.configuration.limits.outboundQueueFrames)
     }
 
@@ -42,15 +44,14 @@ final class WebSocketSession: SubscriberSink {
 
     // MARK: SubscriberSink
 
-    var eventLoop: (any EventLoop)? { channel.eventLoop }
+    var eventLoop: (any EventLoop)? { loop }
 
     func write(_ frame: WireFrame) -> Bool {
         switch writer.write(frame) {
         case .written(let first):
-            runtime.metrics.delivered.increment()
             return first
         case .queued:
-            runtime.metrics.delivered.increment()
+            break
         case .overflowed:
             slowConsumer()
         case .stopped:
@@ -59,7 +60,10 @@ final class WebSocketSession: SubscriberSink {
         return false
     }
 
-    func flush() { writer.flush() }
+    func flush() {
+        let frames = writer.flush()
+        if frames > 0 { runtime.metrics.delivered.increment(by: Int64(frames)) }
+    }
 
     func slowConsumer() {
         closer.close(code: 4008, reason: "slow consumer", dropQueued: true)
