@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "realtime-bench", targets: ["realtime-bench"]),
         .library(name: "RealtimeCore", targets: ["RealtimeCore"]),
         .library(name: "RealtimeServer", targets: ["RealtimeServer"]),
+        .library(name: "RealtimeClient", targets: ["RealtimeClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
@@ -98,6 +99,11 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ],
+            resources: [
+                .embedInCode("Web/client.js"),
+                .embedInCode("Web/client.d.ts"),
+                .embedInCode("Web/console.html"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -121,6 +127,19 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The client SDK: no dependency on any server module.
+        .target(
+            name: "RealtimeClient",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -157,6 +176,7 @@ let package = Package(
             dependencies: [
                 "RealtimeServer",
                 "RealtimeCore",
+                "RealtimeClient",
                 "RealtimeTestSupport",
                 .product(name: "WSClient", package: "swift-websocket"),
                 .product(name: "WSCompression", package: "swift-websocket"),

@@ -28,7 +28,12 @@ SYSTEMS=${BENCH_SYSTEMS:-"memory redis nchan"}
 RESULTS=${BENCH_RESULTS:-$ROOT/bench/results/latest.jsonl}
 STEP_SECONDS=${BENCH_STEP_SECONDS:-5}
 mkdir -p "$(dirname "$RESULTS")"
-: > "$RESULTS"
+touch "$RESULTS"
+# Results of the scenarios and systems run now replace earlier ones; the rest are kept.
+for scenario in $SCENARIOS; do for system in $SYSTEMS; do
+    grep -v "\"system\":\"$system\",\"case\":\"$scenario\"," "$RESULTS" > "$RESULTS.tmp" || true
+    mv "$RESULTS.tmp" "$RESULTS"
+done; done
 
 RUN=$(mktemp -d /tmp/rt-bench.XXXXXX)
 KEY="bench-key-0123456789abcdef"

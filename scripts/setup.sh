@@ -4,10 +4,12 @@ set -euo pipefail
 
 need=()
 pkgs=(libhiredis-dev redis-server redis-tools pkg-config nginx docker-compose curl openssl)
-# Optional groups, named in SETUP_GROUPS: `bench` adds Nchan (the benchmark's comparison point).
+# Optional groups, named in SETUP_GROUPS: `bench` adds Nchan (the benchmark's comparison
+# point); `clients` adds Chromium and pip for the browser and Python client tests.
 for group in ${SETUP_GROUPS:-}; do
   case $group in
     bench) pkgs+=(libnginx-mod-nchan python3) ;;
+    clients) pkgs+=(chromium python3 python3-venv) ;;
     *) echo "setup: unknown group $group" >&2; exit 2 ;;
   esac
 done

@@ -68,6 +68,7 @@ public struct Gateway: Sendable {
         RESTController(runtime: runtime).register(on: router)
         OperationsController(runtime: runtime).register(on: router)
         WebSocketController(runtime: runtime).register(on: router)
+        WebAssetsController().register(on: router)
         let limits = configuration.limits
         let frameLimit = max(4 * limits.maxInboundFrameBytes, 1 << 20)
         let ws = WebSocketServerConfiguration(

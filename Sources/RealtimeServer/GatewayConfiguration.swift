@@ -63,8 +63,15 @@ public struct GatewayConfiguration: Sendable {
     public init() {}
 
     /// The WebSocket URL clients connect to.
-    public var webSocketEndpoint: String {
-        var base = publicURL ?? "http://\(host):\(port)"
+    public var webSocketEndpoint: String { webSocketEndpoint(requestHost: nil) }
+
+    /// The WebSocket URL clients connect to: from `REALTIME_PUBLIC_URL`, else from the host the
+    /// request was addressed to (what the client and any proxy in front used), else host:port.
+    public func webSocketEndpoint(requestHost: String?) -> String {
+        let hostHeader = requestHost.flatMap { h -> String? in
+            h.isEmpty || h.contains(where: { $0 == "/" || $0 == " " || $0 == "@" }) ? nil : h
+        }
+        var base = publicURL ?? hostHeader.map { "http://\($0)" } ?? "http://\(host):\(port)"
         while base.hasSuffix("/") { base.removeLast() }
         if base.hasPrefix("https://") {
             base = "wss://" + base.dropFirst("https://".count)

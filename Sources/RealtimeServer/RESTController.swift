@@ -101,7 +101,7 @@ struct RESTController: Sendable {
             w.key("client_id"); w.string(clientID)
             if let uid = body.userID { w.key("user_id"); w.string(uid) }
             w.key("expires_at"); w.string(Timestamp.iso8601(milliseconds: claims.expiresAt * 1000))
-            w.key("endpoint"); w.string(runtime.configuration.webSocketEndpoint)
+            w.key("endpoint"); w.string(runtime.configuration.webSocketEndpoint(requestHost: request.head.authority))
             w.key("capabilities"); w.write(.object(caps.wire.mapValues { .array($0.map { .string($0) }) }))
         }
     }
@@ -123,7 +123,10 @@ struct RESTController: Sendable {
         let body = try await body(request, as: ChannelRequest.self)
         let name = try ChannelName(validating: body.name)
         let defaults = runtime.configuration.engine.channelDefaults
-        var type = defaults.type
+        // Omitted settings of an existing channel count as the same, so a repeated create is idempotent.
+        let existing = try await engine { try await runtime.engine.channelSettings(name) }
+        let base = existing.explicit ? existing : nil
+        var type = base?.type ?? defaults.type
         if let raw = body.type {
             guard let t = ChannelType(rawValue: raw) else { throw RealtimeError.badRequest("field 'type' must be public, private or presence") }
             type = t
@@ -134,9 +137,6 @@ struct RESTController: Sendable {
         if let ttl = body.historyTTLSeconds, ttl < 1 {
             throw RealtimeError.badRequest("field 'history_ttl_seconds' must be at least 1")
         }
-        // Omitted settings of an existing channel count as the same, so a repeated create is idempotent.
-        let existing = try await engine { try await runtime.engine.channelSettings(name) }
-        let base = existing.explicit ? existing : nil
         let settings = ChannelSettings(
             name: name, type: type,
             historySize: body.historySize ?? base?.historySize ?? defaults.historySize,

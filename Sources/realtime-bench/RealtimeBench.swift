@@ -171,7 +171,11 @@ struct Fanout: AsyncParsableCommand {
                 "\(target.label) rate=\(rate.map { String(Int($0)) } ?? "max") published=\(published.ok) (\(result.publish_per_second)/s, \(published.failed) failed) "
                     + "delivered=\(delivered)/\(expected) (\(result.delivered_per_second)/s) p50=\(result.latency_ms.p50)ms p99=\(result.latency_ms.p99)ms"
             )
-            let fellBehind = rate.map { Double(published.ok) < 0.95 * $0 * seconds } ?? false
+            // Behind: the publisher could not keep the offered rate (the server answered too
+            // slowly), or deliveries could not keep up with what was published.
+            let offeredDeliveries = Double(expected) / max(published.elapsedSeconds, 0.001)
+            let fellBehind = rate.map { result.publish_per_second < 0.9 * $0 } ?? false
+                || (subscribers > 0 && result.delivered_per_second < 0.9 * offeredDeliveries)
             if !noStop && (result.lost != 0 || fellBehind || published.failed > 0) { break }
         }
     }

@@ -1,0 +1,143 @@
+import Foundation
+import Synchronization
+
+/// What happened to a channel's subscription.
+public enum ChannelEvent: Sendable, Equatable {
+    /// Subscribed (again); `resumed` tells whether history covered the gap since the last id.
+    case subscribed(resumed: Bool)
+    /// A resubscribe could not resume from `sinceID`: messages were missed beyond history.
+    case missedMessages(sinceID: String)
+    /// The server ended the subscription (channel deleted, or capability lost).
+    case unsubscribed
+}
+
+/// One channel on a ``RealtimeConnection``: its messages, presence events and subscription
+/// events as async sequences, and the ops on it.
+public final class RealtimeChannel: Sendable {
+    public let name: String
+    public let messages: AsyncStream<RealtimeMessage>
+    public let presenceEvents: AsyncStream<PresenceEvent>
+    public let events: AsyncStream<ChannelEvent>
+    let connection: RealtimeConnection
+
+    private let messageSink: AsyncStream<RealtimeMessage>.Continuation
+    private let presenceSink: AsyncStream<PresenceEvent>.Continuation
+    private let eventSink: AsyncStream<ChannelEvent>.Continuation
+
+    private struct State {
+        var wanted = false
+        var lastID: String?
+        var presence: RealtimeJSON??
+    }
+
+    private let state = Mutex(State())
+
+    init(name: String, connection: RealtimeConnection) {
+        self.name = name
+        self.connection = connection
+        (messages, messageSink) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
+        (presenceEvents, presenceSink) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(10_000))
+        (events, eventSink) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(100))
+    }
+
+    /// The id of the last message received; resubscribes resume from it.
+    public var lastID: String? { state.withLock { $0.lastID } }
+
+    /// Subscribes now (waiting for the connection) and after every reconnect.
+    /// `sinceID` resumes from a message id you stored earlier.
+    @discardableResult
+    public func subscribe(sinceID: String? = nil) async throws -> Bool {
+        state.withLock {
+            $0.wanted = true
+            if let sinceID { $0.lastID = sinceID }
+        }
+        try await connection.waitUntilConnected()
+        return try await resubscribe()
+    }
+
+    public func unsubscribe() async throws {
+        state.withLock { $0.wanted = false }
+        _ = try await connection.request("unsubscribe", ["channel": .string(name)])
+    }
+
+    /// Publishes over the connection (needs the `publish` capability).
+    @discardableResult
+    public func publish(event: String, data: RealtimeJSON = .null, idempotencyKey: String? = nil) async throws -> PublishResult {
+        var fields: [String: RealtimeJSON] = ["channel": .string(name), "event": .string(event), "data": data]
+        if let idempotencyKey { fields["idempotency_key"] = .string(idempotencyKey) }
+        let reply = try await connection.request("publish", fields)
+        return PublishResult(messageID: reply["message_id"]?.string ?? "", channel: name, timestamp: nil, status: reply["status"]?.string ?? "published")
+    }
+
+    /// Enters presence; entered again after every reconnect until ``leavePresence()``.
+    public func enterPresence(_ data: RealtimeJSON? = nil) async throws {
+        state.withLock { $0.presence = .some(data) }
+        try await connection.waitUntilConnected()
+        _ = try await connection.request("presence.enter", presenceFields(data))
+    }
+
+    public func updatePresence(_ data: RealtimeJSON?) async throws {
+        state.withLock { $0.presence = .some(data) }
+        _ = try await connection.request("presence.update", presenceFields(data))
+    }
+
+    public func leavePresence() async throws {
+        state.withLock { $0.presence = nil }
+        _ = try await connection.request("presence.leave", ["channel": .string(name)])
+    }
+
+    public func presence() async throws -> [PresenceMember] {
+        let reply = try await connection.request("presence.get", ["channel": .string(name)])
+        return try Self.decode([PresenceMember].self, reply["members"] ?? [])
+    }
+
+    public func history(limit: Int? = nil, forwards: Bool = false, sinceID: String? = nil) async throws -> [RealtimeMessage] {
+        var fields: [String: RealtimeJSON] = ["channel": .string(name)]
+        if let limit { fields["limit"] = .number(Double(limit)) }
+        if forwards { fields["direction"] = "forwards" }
+        if let sinceID { fields["since_id"] = .string(sinceID) }
+        let reply = try await connection.request("history", fields)
+        return try Self.decode([RealtimeMessage].self, reply["messages"] ?? [])
+    }
+
+    // MARK: From the connection
+
+    func connectionReady() async {
+        let (wanted, presence) = state.withLock { ($0.wanted, $0.presence) }
+        if wanted { _ = try? await resubscribe() }
+        if let presence { _ = try? await connection.request("presence.enter", presenceFields(presence)) }
+    }
+
+    private func resubscribe() async throws -> Bool {
+        let since = state.withLock { $0.lastID }
+        var fields: [String: RealtimeJSON] = ["channel": .string(name)]
+        if let since { fields["since_id"] = .string(since) }
+        let reply = try await connection.request("subscribe", fields)
+        let resumed = reply["resumed"]?.bool ?? false
+        eventSink.yield(.subscribed(resumed: resumed))
+        if let since, !resumed { eventSink.yield(.missedMessages(sinceID: since)) }
+        return resumed
+    }
+
+    func deliver(_ message: RealtimeMessage) {
+        state.withLock { $0.lastID = message.id }
+        messageSink.yield(message)
+    }
+
+    func deliver(_ event: PresenceEvent) { presenceSink.yield(event) }
+
+    func ended() {
+        state.withLock { $0.wanted = false }
+        eventSink.yield(.unsubscribed)
+    }
+
+    private func presenceFields(_ data: RealtimeJSON?) -> [String: RealtimeJSON] {
+        var fields: [String: RealtimeJSON] = ["channel": .string(name)]
+        if let data { fields["data"] = data }
+        return fields
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ json: RealtimeJSON) throws -> T {
+        try JSONDecoder().decode(T.self, from: JSONEncoder().encode(json))
+    }
+}

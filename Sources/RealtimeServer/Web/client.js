@@ -1,0 +1,335 @@
+// Realtime gateway browser client. Dependency-free ES module, served by every gateway node at
+// /v1/realtime/client.js (types: /v1/realtime/client.d.ts).
+//
+//   import { RealtimeClient } from "/v1/realtime/client.js";
+//   const client = new RealtimeClient({ getToken: async () => (await fetch("/my/token")).json() });
+//   const chat = client.channel("chat:lobby");
+//   chat.on("message", (m) => console.log(m.event, m.data));
+//   await chat.enterPresence({ status: "here" });
+//
+// Browsers never hold an API key: `getToken` asks your backend, which mints a token with
+// POST /v1/realtime/token. It may return the token string or the token response object
+// (`{token, endpoint}`), whose endpoint is then used.
+
+export class RealtimeError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = "RealtimeError";
+    this.code = code;
+  }
+}
+
+class Emitter {
+  constructor() { this._handlers = new Map(); }
+  on(event, fn) {
+    if (!this._handlers.has(event)) this._handlers.set(event, new Set());
+    this._handlers.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+  off(event, fn) { this._handlers.get(event)?.delete(fn); }
+  _emit(event, value) {
+    for (const fn of [...(this._handlers.get(event) ?? [])]) {
+      try { fn(value); } catch (e) { setTimeout(() => { throw e; }); }
+    }
+  }
+}
+
+/** Connection states: "connecting", "connected", "disconnected" (will retry), "closed" (by you), "failed" (no retry). */
+export class RealtimeClient extends Emitter {
+  constructor(options = {}) {
+    super();
+    if (!options.token && !options.getToken) throw new TypeError("RealtimeClient needs token or getToken");
+    this.options = {
+      url: options.url ?? null,
+      token: options.token ?? null,
+      getToken: options.getToken ?? null,
+      minRetryMs: options.minRetryMs ?? 500,
+      maxRetryMs: options.maxRetryMs ?? 30000,
+      requestTimeoutMs: options.requestTimeoutMs ?? 10000,
+      WebSocket: options.WebSocket ?? globalThis.WebSocket,
+    };
+    this.state = "disconnected";
+    this.connectionId = null;
+    this.clientId = null;
+    this._channels = new Map();
+    this._pending = new Map();
+    this._ref = 0;
+    this._attempt = 0;
+    this._ws = null;
+    this._timer = null;
+    this._token = this.options.token;
+    this._needFreshToken = !this._token;
+    if (options.autoConnect !== false) this.connect();
+  }
+
+  /** The channel object for `name` (one per name and client). */
+  channel(name) {
+    let ch = this._channels.get(name);
+    if (!ch) {
+      ch = new RealtimeChannel(name, { client: this });
+      this._channels.set(name, ch);
+    }
+    return ch;
+  }
+
+  connect() {
+    if (this.state === "connecting" || this.state === "connected") return;
+    clearTimeout(this._timer);
+    this._open();
+  }
+
+  /** Closes for good: no reconnect. */
+  close() {
+    clearTimeout(this._timer);
+    this._setState("closed");
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) try { ws.close(1000); } catch {}
+    this._failPending(new RealtimeError(0, "connection closed"));
+  }
+
+  async _open() {
+    this._setState("connecting");
+    let url;
+    try {
+      if (this._needFreshToken || !this._token) await this._refreshToken();
+      url = this._endpoint() + (this._endpoint().includes("?") ? "&" : "?") + "token=" + encodeURIComponent(this._token);
+    } catch (e) {
+      this._emit("error", e);
+      return this._retry(false);
+    }
+    if (this.state !== "connecting") return;
+    const ws = new this.options.WebSocket(url);
+    this._ws = ws;
+    ws.onmessage = (ev) => { if (this._ws === ws) this._frame(ev.data); };
+    ws.onclose = (ev) => { if (this._ws === ws) this._closed(ev.code, ev.reason); };
+    ws.onerror = () => {};
+  }
+
+  _endpoint() {
+    if (this.options.url) return this.options.url;
+    if (this._tokenEndpoint) return this._tokenEndpoint;
+    const l = globalThis.location;
+    if (!l) throw new TypeError("RealtimeClient needs url outside a browser page");
+    return (l.protocol === "https:" ? "wss://" : "ws://") + l.host + "/v1/realtime/ws";
+  }
+
+  async _refreshToken() {
+    if (!this.options.getToken) { this._needFreshToken = false; return this._token; }
+    const got = await this.options.getToken();
+    if (typeof got === "string") this._token = got;
+    else { this._token = got.token; if (got.endpoint) this._tokenEndpoint = got.endpoint; }
+    this._needFreshToken = false;
+    return this._token;
+  }
+
+  _frame(text) {
+    let f;
+    try { f = JSON.parse(text); } catch { return; }
+    if (f.ref !== undefined && f.ref !== null && this._pending.has(f.ref)) {
+      const p = this._pending.get(f.ref);
+      this._pending.delete(f.ref);
+      clearTimeout(p.timer);
+      if (f.type === "error") p.reject(new RealtimeError(f.code, f.message)); else p.resolve(f);
+      return;
+    }
+    switch (f.type) {
+      case "connected":
+        this.connectionId = f.connection_id;
+        this.clientId = f.client_id;
+        this._attempt = 0;
+        this._setState("connected");
+        for (const ch of this._channels.values()) ch._resubscribe();
+        break;
+      case "message":
+        this._channels.get(f.channel)?._message(f);
+        break;
+      case "presence_event":
+        this._channels.get(f.channel)?._emit("presence", f);
+        break;
+      case "unsubscribed":
+        this._channels.get(f.channel)?._ended();
+        break;
+      case "token_expiring":
+        if (this.options.getToken) {
+          this._refreshToken().then((token) => this.request("auth", { token })).catch((e) => this._emit("error", e));
+        }
+        break;
+      case "error":
+        this._emit("error", new RealtimeError(f.code, f.message));
+        if (f.code === 40140 || f.code === 40141) this._needFreshToken = true;
+        break;
+    }
+  }
+
+  _closed(code, reason) {
+    this._ws = null;
+    this.connectionId = null;
+    this._failPending(new RealtimeError(0, "connection lost"));
+    if (this.state === "closed") return;
+    if (code === 4003) {
+      this._setState("failed", { code, reason });
+      return;
+    }
+    if (code === 4001) this._needFreshToken = true;
+    // 1012: the node is restarting; another node behind the balancer takes us at once.
+    this._retry(code === 1012, { code, reason });
+  }
+
+  _retry(immediately, info) {
+    this._setState("disconnected", info);
+    const base = Math.min(this.options.maxRetryMs, this.options.minRetryMs * 2 ** this._attempt);
+    const delay = immediately ? 0 : base / 2 + Math.random() * base / 2;
+    this._attempt++;
+    clearTimeout(this._timer);
+    this._timer = setTimeout(() => { if (this.state === "disconnected") this._open(); }, delay);
+  }
+
+  _setState(state, info) {
+    if (this.state === state) return;
+    this.state = state;
+    this._emit("state", { state, ...(info ?? {}) });
+  }
+
+  _failPending(error) {
+    for (const p of this._pending.values()) { clearTimeout(p.timer); p.reject(error); }
+    this._pending.clear();
+  }
+
+  /** Sends an op and resolves with its reply (rejects with RealtimeError on an error reply). */
+  request(op, fields = {}) {
+    return new Promise((resolve, reject) => {
+      if (!this._ws || this.state !== "connected") return reject(new RealtimeError(0, "not connected"));
+      const ref = ++this._ref;
+      const timer = setTimeout(() => {
+        this._pending.delete(ref);
+        reject(new RealtimeError(0, op + " timed out"));
+      }, this.options.requestTimeoutMs);
+      this._pending.set(ref, { resolve, reject, timer });
+      this._ws.send(JSON.stringify({ op, ref, ...fields }));
+    });
+  }
+
+  /** Resolves once connected (at once if already). */
+  ready() {
+    if (this.state === "connected") return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const off = this.on("state", ({ state }) => {
+        if (state === "connected") { off(); resolve(); }
+        if (state === "failed" || state === "closed") { off(); reject(new RealtimeError(0, "connection " + state)); }
+      });
+    });
+  }
+}
+
+/**
+ * One channel. Events: "message" (each message), "presence" (enter/update/leave events),
+ * "state" ({state: "subscribing"|"subscribed"|"unsubscribed", resumed?}), "resumed"
+ * ({resumed: false} when messages were missed beyond history on a reconnect).
+ * Standalone use opens a private connection: new RealtimeChannel("news", { getToken }).
+ */
+export class RealtimeChannel extends Emitter {
+  constructor(name, options = {}) {
+    super();
+    this.name = name;
+    this._own = !options.client;
+    this.client = options.client ?? new RealtimeClient(options);
+    if (this._own) this.client._channels.set(name, this);
+    this.lastId = options.sinceId ?? null;
+    this.state = "unsubscribed";
+    this._wanted = false;
+    this._presence = null;
+  }
+
+  on(event, fn) {
+    const off = super.on(event, fn);
+    if ((event === "message" || event === "presence") && !this._wanted) this.subscribe().catch((e) => this._emit("error", e));
+    return off;
+  }
+
+  /** Subscribes (and again after every reconnect, from the last id received). */
+  subscribe() {
+    this._wanted = true;
+    if (this.client.state !== "connected") return this.client.ready().then(() => this._subscribed);
+    return this._resubscribe();
+  }
+
+  _resubscribe() {
+    if (!this._wanted) return Promise.resolve();
+    this._setState("subscribing");
+    const since = this.lastId;
+    this._subscribed = this.client.request("subscribe", { channel: this.name, ...(since ? { since_id: since } : {}) })
+      .then((r) => {
+        this._setState("subscribed", { resumed: r.resumed });
+        if (since && !r.resumed) this._emit("resumed", { resumed: false, since_id: since });
+        if (this._presence) this.client.request("presence.enter", { channel: this.name, data: this._presence.data }).catch(() => {});
+        return r;
+      }, (e) => { this._setState("unsubscribed"); throw e; });
+    return this._subscribed;
+  }
+
+  _message(m) {
+    this.lastId = m.id;
+    this._emit("message", m);
+  }
+
+  _ended() {
+    this._wanted = false;
+    this._setState("unsubscribed");
+  }
+
+  _setState(state, extra) {
+    this.state = state;
+    this._emit("state", { state, ...(extra ?? {}) });
+  }
+
+  async unsubscribe() {
+    this._wanted = false;
+    if (this.client.state === "connected") await this.client.request("unsubscribe", { channel: this.name });
+    this._setState("unsubscribed");
+  }
+
+  /** Publishes over the connection; resolves with {message_id, status}. */
+  publish(event, data, options = {}) {
+    const fields = { channel: this.name, event, data };
+    if (options.idempotencyKey) fields.idempotency_key = options.idempotencyKey;
+    return this.client.request("publish", fields);
+  }
+
+  /** Enters presence (entered again after a reconnect). */
+  enterPresence(data) {
+    this._presence = { data };
+    return this._whenConnected(() => this.client.request("presence.enter", { channel: this.name, data }));
+  }
+
+  updatePresence(data) {
+    this._presence = { data };
+    return this._whenConnected(() => this.client.request("presence.update", { channel: this.name, data }));
+  }
+
+  leavePresence() {
+    this._presence = null;
+    return this._whenConnected(() => this.client.request("presence.leave", { channel: this.name }));
+  }
+
+  /** Current members. */
+  presence() {
+    return this._whenConnected(() => this.client.request("presence.get", { channel: this.name })).then((r) => r.members);
+  }
+
+  /** A page of history: options limit, direction ("backwards"|"forwards"), since_id. */
+  history(options = {}) {
+    return this._whenConnected(() => this.client.request("history", { channel: this.name, ...options })).then((r) => r.messages);
+  }
+
+  _whenConnected(fn) {
+    return this.client.state === "connected" ? fn() : this.client.ready().then(fn);
+  }
+
+  /** Leaves the channel; a standalone channel also closes its connection. */
+  close() {
+    this._wanted = false;
+    if (this._own) this.client.close();
+    else if (this.client.state === "connected") this.unsubscribe().catch(() => {});
+  }
+}

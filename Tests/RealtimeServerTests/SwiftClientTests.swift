@@ -1,0 +1,174 @@
+import RealtimeClient
+import Synchronization
+import Testing
+@testable import RealtimeServer
+
+/// The Swift SDK (`RealtimeClient`) against live nodes: every REST call, the realtime
+/// connection, reconnect and resume, token refresh, and failover across a Redis cluster.
+@Suite struct SwiftClientTests {
+    @Test func restClientCoversEveryCall() async throws {
+        try await TestNode.with { node in
+            let rest = RealtimeREST(baseURL: node.base, apiKey: node.key)
+            let first = try await rest.publish(channel: "sdk-pay", event: "paid", data: ["amount": 5], idempotencyKey: "o-1")
+            let again = try await rest.publish(channel: "sdk-pay", event: "paid", data: ["amount": 5], idempotencyKey: "o-1")
+            #expect(first.status == "published" && again.status == "duplicate" && again.messageID == first.messageID)
+
+            let results = try await rest.publishBatch([
+                BatchMessage(channel: "sdk-batch", event: "e", data: 1),
+                BatchMessage(channel: "bad name", event: "e", data: 2),
+            ])
+            guard case .published = results[0], case .failed(let code, _) = results[1] else { Issue.record("\(results)"); return }
+            #expect(code == 40010, "invalid channel name")
+
+            _ = try await rest.publishBatch((0..<25).map { BatchMessage(channel: "sdk-h", event: "e", data: .number(Double($0))) })
+            var all: [RealtimeMessage] = []
+            var page = try await rest.history(channel: "sdk-h", limit: 7, direction: .forwards)
+            all += page.messages
+            while let cursor = page.nextCursor {
+                page = try await rest.history(channel: "sdk-h", limit: 7, cursor: cursor)
+                all += page.messages
+            }
+            #expect(all.map(\.data) == (0..<25).map { RealtimeJSON.number(Double($0)) })
+
+            let token = try await rest.issueToken(TokenRequest(userID: "u1", channels: ["chat:*"], ttlSeconds: 600))
+            #expect(token.endpoint.hasSuffix("/v1/realtime/ws") && token.userID == "u1")
+            #expect(token.capabilities["chat:*"]?.sorted() == ["history", "presence", "subscribe"])
+
+            let created = try await rest.createChannel(name: "sdk-room", type: "presence", historySize: 50)
+            #expect(created.type == "presence" && created.historySize == 50)
+            await #expect(throws: RealtimeClientError.self) { _ = try await rest.createChannel(name: "sdk-room", type: "private") }
+            #expect(try await rest.channels(limit: 1000).channels.contains { $0.name == "sdk-room" })
+            #expect(try await rest.channel("sdk-room").subscribers == 0)
+            try await rest.deleteChannel("sdk-room")
+            #expect(try await rest.presence(channel: "sdk-empty").isEmpty)
+
+            let key = try await rest.createKey(name: "ci", scopes: ["realtime:publish"])
+            #expect(try await rest.keys().contains { $0.keyID == key.keyID })
+            let scoped = RealtimeREST(baseURL: node.base, apiKey: key.key ?? "")
+            #expect(try await scoped.publish(channel: "sdk-ci", event: "e").status == "published")
+            try await rest.revokeKey(key.keyID)
+            do {
+                _ = try await scoped.publish(channel: "sdk-ci", event: "e")
+                Issue.record("a revoked key publishes")
+            } catch let e as RealtimeClientError {
+                #expect(e.code == 40100 && e.status == 401)
+            }
+        }
+    }
+
+    @Test func connectionSubscribesPublishesAndUsesPresenceAndHistory() async throws {
+        try await TestNode.with { node in
+            let rest = RealtimeREST(baseURL: node.base, apiKey: node.key)
+            let connection = RealtimeConnection(options: .init(endpoint: node.wsURL) {
+                try await rest.issueToken(TokenRequest(clientID: "swift", capabilities: ["*": ["*"]])).token
+            })
+            await connection.connect()
+            let chat = await connection.channel("sdk-chat")
+            #expect(try await chat.subscribe() == false)
+            var messages = chat.messages.makeAsyncIterator()
+            let sent = try await rest.publish(channel: "sdk-chat", event: "greeting", data: ["text": "hi"])
+            let got = await messages.next()
+            #expect(got?.id == sent.messageID && got?.data["text"]?.string == "hi")
+            let own = try await chat.publish(event: "own", data: 1)
+            #expect(await messages.next()?.id == own.messageID)
+
+            try await chat.enterPresence(["status": "here"])
+            #expect(try await rest.presence(channel: "sdk-chat").map(\.clientID) == ["swift"])
+            #expect(try await chat.presence().first?.data?["status"]?.string == "here")
+            #expect(try await chat.history(limit: 10).map(\.id) == [own.messageID, sent.messageID])
+            try await chat.leavePresence()
+            #expect(try await rest.presence(channel: "sdk-chat").isEmpty)
+            await connection.close()
+        }
+    }
+
+    @Test func reconnectsAndResumesWithoutLossWhenTheConnectionDrops() async throws {
+        try await TestNode.with { node in
+            let rest = RealtimeREST(baseURL: node.base, apiKey: node.key)
+            let connection = RealtimeConnection(options: .init(endpoint: node.wsURL) {
+                try await rest.issueToken(TokenRequest(clientID: "resumer", capabilities: ["*": ["*"]])).token
+            })
+            await connection.connect()
+            let feed = await connection.channel("sdk-feed")
+            try await feed.subscribe()
+            let publisher = Task {
+                for i in 0..<150 {
+                    _ = try await rest.publish(channel: "sdk-feed", event: "n", data: .number(Double(i)))
+                    if i % 10 == 0 { try await Task.sleep(for: .milliseconds(5)) }
+                }
+            }
+            var received: [RealtimeJSON] = []
+            var ids: [String] = []
+            var drops = 0
+            for await m in feed.messages {
+                received.append(m.data)
+                ids.append(m.id)
+                // The client's socket vanishes, and later the server closes every connection.
+                if received.count == 30 { await connection.dropTransport(); drops += 1 }
+                if received.count == 80 {
+                    for session in node.gateway.runtime.registry.all { session.closer.close(code: 1012, reason: "node restarting") }
+                    drops += 1
+                }
+                if received.count == 150 { break }
+            }
+            try await publisher.value
+            #expect(drops == 2)
+            #expect(received == (0..<150).map { RealtimeJSON.number(Double($0)) })
+            #expect(Set(ids).count == 150)
+            await connection.close()
+        }
+    }
+
+    @Test func tokenIsRefreshedBeforeItExpires() async throws {
+        try await TestNode.with({ $0.timing.tokenExpiryWarningSeconds = 2 }) { node in
+            let rest = RealtimeREST(baseURL: node.base, apiKey: node.key)
+            let calls = Atomic<Int>(0)
+            let connection = RealtimeConnection(options: .init(endpoint: node.wsURL) {
+                calls.add(1, ordering: .relaxed)
+                return try await rest.issueToken(TokenRequest(clientID: "short", capabilities: ["*": ["*"]], ttlSeconds: 3)).token
+            })
+            await connection.connect()
+            try await connection.waitUntilConnected()
+            let before = await connection.state
+            try await Task.sleep(for: .seconds(4))
+            #expect(await connection.state == before, "still the same connection after the first token expired")
+            #expect(calls.load(ordering: .relaxed) >= 2)
+            let ch = await connection.channel("sdk-after")
+            try await ch.subscribe()
+            var it = ch.messages.makeAsyncIterator()
+            let sent = try await rest.publish(channel: "sdk-after", event: "e", data: 1)
+            #expect(await it.next()?.id == sent.messageID)
+            await connection.close()
+        }
+    }
+
+    @Test func resumesOnAnotherNodeWhenItsNodeIsKilled() async throws {
+        try await Cluster.with(nodes: 2) { cluster in
+            let (n1, n2) = (cluster.nodes[0], cluster.nodes[1])
+            let rest = RealtimeREST(baseURL: n2.base, apiKey: n2.key)
+            var options = RealtimeConnection.Options(endpoint: n1.wsURL) {
+                try await rest.issueToken(TokenRequest(clientID: "roamer", capabilities: ["*": ["*"]])).token
+            }
+            options.fallbackEndpoints = [n2.wsURL]
+            let connection = RealtimeConnection(options: options)
+            await connection.connect()
+            let feed = await connection.channel("sdk-cluster")
+            try await feed.subscribe()
+            let publisher = Task {
+                for i in 0..<100 {
+                    _ = try await rest.publish(channel: "sdk-cluster", event: "n", data: .number(Double(i)))
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+            }
+            var received: [RealtimeJSON] = []
+            for await m in feed.messages {
+                received.append(m.data)
+                if received.count == 20 { n1.kill9() }
+                if received.count == 100 { break }
+            }
+            try await publisher.value
+            #expect(received == (0..<100).map { RealtimeJSON.number(Double($0)) })
+            await connection.close()
+        }
+    }
+}

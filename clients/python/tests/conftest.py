@@ -1,0 +1,119 @@
+"""Starts a real realtime-gateway (memory engine, free port) for the tests."""
+import base64
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+KEY = "py-test-key-0123456789abcdef"
+
+
+def gateway_binary():
+    path = os.environ.get("REALTIME_GATEWAY_BIN")
+    if path:
+        return path
+    for build in ("debug", "release"):
+        candidate = os.path.join(ROOT, ".build", build, "realtime-gateway")
+        if os.path.exists(candidate):
+            return candidate
+    pytest.fail("no realtime-gateway binary: run `swift build` first or set REALTIME_GATEWAY_BIN")
+
+
+def start_gateway(port=0):
+    """Starts a node (memory engine) and waits for its banner; `proc.url` is its base URL."""
+    env = {"PATH": os.environ.get("PATH", ""), "REALTIME_PORT": str(port), "REALTIME_API_KEY": KEY,
+           "REALTIME_LOG_LEVEL": "warning", "REALTIME_SHUTDOWN_TIMEOUT_SECONDS": "2"}
+    proc = subprocess.Popen([gateway_binary()], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.search(r"listening on (http://\S+)", line)
+        if m:
+            proc.url = m.group(1)
+            return proc
+    proc.kill()
+    pytest.fail("gateway did not start")
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    proc = start_gateway()
+    yield proc.url
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(autouse=True)
+def environment(gateway, monkeypatch):
+    """The package's default client reads these, as a user's backend would."""
+    monkeypatch.setenv("REALTIME_URL", gateway)
+    monkeypatch.setenv("REALTIME_API_KEY", KEY)
+    import realtime_client.client as c
+    c._Default._client = None
+    yield
+    c._Default._client = None
+
+
+class WebSocket:
+    """A minimal WebSocket client (RFC 6455 text frames) so tests can hold a connection."""
+
+    def __init__(self, url):
+        m = re.match(r"ws://([^:/]+):(\d+)(/.*)", url)
+        host, port, path = m.group(1), int(m.group(2)), m.group(3)
+        self.sock = socket.create_connection((host, port), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.sock.recv(4096)
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        assert b" 101 " in head.split(b"\r\n")[0], head
+
+    def send(self, obj):
+        payload = json.dumps(obj).encode()
+        mask = os.urandom(4)
+        header = bytes([0x81])
+        n = len(payload)
+        header += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def _read(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv(self):
+        while True:
+            b0, b1 = self._read(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(self._read(2), "big")
+            elif n == 127:
+                n = int.from_bytes(self._read(8), "big")
+            payload = self._read(n)
+            if b0 & 0x0F == 0x1:
+                return json.loads(payload)
+
+    def next(self, type_):
+        while True:
+            frame = self.recv()
+            if frame.get("type") == type_:
+                return frame
+
+    def close(self):
+        self.sock.close()
