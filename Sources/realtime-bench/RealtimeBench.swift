@@ -141,13 +141,19 @@ struct Fanout: AsyncParsableCommand {
             var histogram = makeHistogram()
             var idleSince = monotonicNanos()
             let drainStart = monotonicNanos()
+            // When the last delivery was seen: deliveries that trail the publisher count
+            // against the time they took, not just the publishing window.
+            var lastDelivery = drainStart
             var connectFailed = 0
             if let workers {
                 while delivered < expected {
-                    try await Task.sleep(for: .milliseconds(200))
+                    try await Task.sleep(for: .milliseconds(50))
                     let r = try await workers.ask("report")
                     connectFailed = r.failed
-                    if r.received > 0 { idleSince = monotonicNanos() }
+                    if r.received > 0 {
+                        idleSince = monotonicNanos()
+                        lastDelivery = idleSince
+                    }
                     delivered += r.received
                     histogram.add(pairs: r.latency)
                     if monotonicNanos() - idleSince > 2_000_000_000 || monotonicNanos() - drainStart > 30_000_000_000 { break }
@@ -157,7 +163,8 @@ struct Fanout: AsyncParsableCommand {
                 delivered += r.received
                 histogram.add(pairs: r.latency)
             }
-            let window = max(published.elapsedSeconds, 0.001) + (delivered >= expected ? 0 : 2)
+            let trailing = Double(lastDelivery - drainStart) / 1e9
+            let window = max(published.elapsedSeconds, 0.001) + trailing
             let result = StepResult(
                 scenario: "fanout", label: target.label, subscribers: subscribers, channels: target.channels,
                 offered_rate: rate, published: published.ok, publish_failed: published.failed,

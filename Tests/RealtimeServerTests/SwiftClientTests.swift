@@ -172,3 +172,41 @@ import Testing
         }
     }
 }
+
+/// The README's Swift example, compiled and run here; the README must contain it verbatim.
+@Suite struct SwiftClientReadmeTests {
+    @Test func readmeExampleRunsAsWritten() async throws {
+        try await TestNode.with { node in
+            let (baseURL, endpoint, apiKey) = (node.base, node.wsURL, node.key)
+            let output = Mutex<[String]>([])
+            @Sendable func print(_ items: Any...) { output.withLock { $0.append(items.map { "\($0)" }.joined(separator: " ")) } }
+            // README:begin
+            let rest = RealtimeREST(baseURL: baseURL, apiKey: apiKey)
+            let connection = RealtimeConnection(options: .init(endpoint: endpoint) {
+                try await rest.issueToken(TokenRequest(clientID: "swift-app", channels: ["chat:*"])).token
+            })
+            await connection.connect()
+            let chat = await connection.channel("chat:lobby")
+            try await chat.subscribe()
+            try await chat.enterPresence(["status": "online"])
+
+            let sent = try await rest.publish(channel: "chat:lobby", event: "message", data: ["text": "hi"], idempotencyKey: "msg-1")
+            for await message in chat.messages {
+                print(message.id == sent.messageID, message.event, message.data["text"]?.string ?? "")
+                break
+            }
+            print(try await rest.presence(channel: "chat:lobby").map(\.clientID))
+            await connection.close()
+            // README:end
+            #expect(output.withLock { $0 } == ["true message hi", #"["swift-app"]"#])
+
+            let source = try String(contentsOfFile: #filePath, encoding: .utf8)
+            let lines = source.components(separatedBy: "\n")
+            let begin = lines.firstIndex { $0.hasSuffix("// README:begin") }! + 1
+            let end = lines.firstIndex { $0.hasSuffix("// README:end") }!
+            let snippet = lines[begin..<end].map { $0.count >= 12 ? String($0.dropFirst(12)) : "" }.joined(separator: "\n")
+            let readme = try String(contentsOfFile: #filePath.replacingOccurrences(of: "Tests/RealtimeServerTests/SwiftClientTests.swift", with: "README.md"), encoding: .utf8)
+            #expect(readme.contains(snippet), "README's Swift example differs from the tested one")
+        }
+    }
+}
