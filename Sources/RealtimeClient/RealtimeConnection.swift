@@ -201,16 +201,12 @@ public actor RealtimeConnection {
             for channel in channels.values { Task { await channel.connectionReady() } }
             return true
         case "message":
-            if let name = frame["channel"]?.string, let data = try? JSONEncoder().encode(frame),
-                let message = try? JSONDecoder().decode(RealtimeMessage.self, from: data)
-            {
-                channels[name]?.deliver(message)
+            if let message = try? JSONDecoder().decode(RealtimeMessage.self, from: Data(text.utf8)) {
+                channels[message.channel]?.deliver(message)
             }
         case "presence_event":
-            if let name = frame["channel"]?.string, let data = try? JSONEncoder().encode(frame),
-                let event = try? JSONDecoder().decode(PresenceEvent.self, from: data)
-            {
-                channels[name]?.deliver(event)
+            if let event = try? JSONDecoder().decode(PresenceEvent.self, from: Data(text.utf8)) {
+                channels[event.channel]?.deliver(event)
             }
         case "unsubscribed":
             if let name = frame["channel"]?.string { channels[name]?.ended() }

@@ -49,8 +49,10 @@ public final class ChannelHub: Sendable {
     struct LiveEntry {
         var id: UInt64
         var sink: any SubscriberSink
-        /// The sink's loop, read once at subscribe time.
+        /// The sink's loop and that loop's flush batch, looked up once at subscribe time so
+        /// fan-out takes no lock for them.
         var loop: (any EventLoop)?
+        var batch: FlushBatch?
     }
 
     enum Buffered {
@@ -145,7 +147,7 @@ public final class ChannelHub: Sendable {
             }
             // Queued on the sink's loop under the lock, so ahead of any live frame.
             Self.deliver(frames, to: sink)
-            s.channels[channel]!.live.append(LiveEntry(id: id, sink: sink, loop: sink.eventLoop))
+            s.channels[channel]!.live.append(LiveEntry(id: id, sink: sink, loop: sink.eventLoop, batch: sink.eventLoop.map(flushBatch(for:))))
             return HubSubscription(channel: channel, id: id)
         }
     }
@@ -213,24 +215,21 @@ public final class ChannelHub: Sendable {
             Self.deliver([frame], to: live[0].sink)
             return
         }
-        var groups: [(loop: (any EventLoop)?, sinks: [any SubscriberSink])] = []
+        var groups: [(loop: (any EventLoop)?, batch: FlushBatch?, sinks: [any SubscriberSink])] = []
         for entry in live {
-            let loop = entry.loop
-            if let i = groups.firstIndex(where: { $0.loop === loop }) {
+            if let i = groups.firstIndex(where: { $0.loop === entry.loop }) {
                 groups[i].sinks.append(entry.sink)
             } else {
-                groups.append((loop, [entry.sink]))
-                groups[groups.count - 1].sinks.reserveCapacity(live.count)
+                groups.append((entry.loop, entry.batch, [entry.sink]))
             }
         }
         for group in groups {
             let sinks = group.sinks
-            guard let loop = group.loop else {
+            guard let loop = group.loop, let batch = group.batch else {
                 for s in sinks { _ = s.write(frame) }
                 for s in sinks { s.flush() }
                 continue
             }
-            let batch = flushBatch(for: loop)
             loop.execute {
                 for s in sinks where s.write(frame) { batch.dirty.append(s) }
                 batch.schedule(on: loop)

@@ -61,6 +61,17 @@ struct Target: ParsableArguments {
         return wsURL + (wsURL.contains("?") ? "&" : "?") + "token=" + minted.token
     }
 
+    /// Starts `count` subscribers in worker processes; returns once they have connected.
+    func startSubscribers(_ count: Int) async throws -> (WorkerSet, WorkerReport) {
+        let set = try WorkerSet(base: subscriberConfig(url: try await subscriberURL()), count: count, workers: workers)
+        do {
+            return (set, try await set.ready())
+        } catch {
+            set.finish()
+            throw error
+        }
+    }
+
     func subscriberConfig(url: String) -> SubscriberConfig {
         SubscriberConfig(wire: wire, url: url, channels: channelNames, offset: 0, count: 0, threads: threads)
     }
@@ -120,12 +131,10 @@ struct Fanout: AsyncParsableCommand {
     var noStop = false
 
     func run() async throws {
-        let url = try await target.subscriberURL()
         var workers: WorkerSet?
         if subscribers > 0 {
-            let set = try WorkerSet(base: target.subscriberConfig(url: url), count: subscribers, workers: target.workers)
+            let (set, ready) = try await target.startSubscribers(subscribers)
             workers = set
-            let ready = try await set.ready()
             progress("\(ready.connected) subscribers connected, \(ready.failed) failed")
             if ready.failed > 0 && ready.connected == 0 { set.finish(); throw BenchError("no subscriber could connect") }
         }
@@ -212,11 +221,9 @@ struct Idle: AsyncParsableCommand {
 
     func run() async throws {
         let before = pid.compactMap(residentKiB).reduce(0, +)
-        let url = try await target.subscriberURL()
         let start = monotonicNanos()
-        let set = try WorkerSet(base: target.subscriberConfig(url: url), count: connections, workers: target.workers)
+        let (set, ready) = try await target.startSubscribers(connections)
         defer { set.finish() }
-        let ready = try await set.ready()
         let connectSeconds = Double(monotonicNanos() - start) / 1e9
         progress("\(ready.connected) connected, \(ready.failed) failed in \(String(format: "%.1f", connectSeconds)) s; holding \(hold) s")
         try await Task.sleep(for: .seconds(hold))
@@ -255,10 +262,8 @@ struct Storm: AsyncParsableCommand {
 
     func run() async throws {
         guard target.wire == .realtime else { throw ValidationError("storm needs --wire realtime (resume by since_id)") }
-        let url = try await target.subscriberURL()
-        let set = try WorkerSet(base: target.subscriberConfig(url: url), count: clients, workers: target.workers)
+        let (set, ready) = try await target.startSubscribers(clients)
         defer { set.finish() }
-        let ready = try await set.ready()
         progress("\(ready.connected) clients connected, \(ready.failed) failed")
         let group = MultiThreadedEventLoopGroup.singleton
         // One message per channel so every client holds a last id.

@@ -29,7 +29,7 @@ extension Histogram where Count == UInt64 {
 
     /// Percentiles in milliseconds, as written to results.
     var summary: LatencySummary {
-        func ms(_ v: UInt64) -> Double { (Double(v) / 1000 * 1000).rounded() / 1000 }
+        func ms(_ v: UInt64) -> Double { Double(v) / 1000 }
         guard totalCount > 0 else { return LatencySummary(count: 0, p50: 0, p90: 0, p99: 0, p999: 0, max: 0) }
         return LatencySummary(
             count: totalCount,
