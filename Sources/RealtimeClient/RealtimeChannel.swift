@@ -27,7 +27,15 @@ public final class RealtimeChannel: Sendable {
     private struct State {
         var wanted = false
         var lastID: String?
+        /// Entered presence data (`.some(nil)`: entered without data); nil: not entered.
         var presence: RealtimeJSON??
+        /// Bumped by every enter/update, so a newer call is always sent.
+        var presenceVersion = 0
+        /// (connection generation, presence version) last sent.
+        var presenceSent: (generation: Int, version: Int)?
+        /// The subscribe of a connection generation, shared by the caller of `subscribe` and the
+        /// reconnect path so each connection subscribes once.
+        var subscribing: (generation: Int, task: Task<Bool, any Error>)?
     }
 
     private let state = Mutex(State())
@@ -52,7 +60,7 @@ public final class RealtimeChannel: Sendable {
             if let sinceID { $0.lastID = sinceID }
         }
         try await connection.waitUntilConnected()
-        return try await resubscribe()
+        return try await subscription(in: await connection.generation).value
     }
 
     public func unsubscribe() async throws {
@@ -71,18 +79,41 @@ public final class RealtimeChannel: Sendable {
 
     /// Enters presence; entered again after every reconnect until ``leavePresence()``.
     public func enterPresence(_ data: RealtimeJSON? = nil) async throws {
-        state.withLock { $0.presence = .some(data) }
-        try await connection.waitUntilConnected()
-        _ = try await connection.request("presence.enter", presenceFields(data))
+        try await setPresence(data, op: "presence.enter")
     }
 
     public func updatePresence(_ data: RealtimeJSON?) async throws {
-        state.withLock { $0.presence = .some(data) }
-        _ = try await connection.request("presence.update", presenceFields(data))
+        try await setPresence(data, op: "presence.update")
+    }
+
+    private func setPresence(_ data: RealtimeJSON?, op: String) async throws {
+        let version = state.withLock { s -> Int in
+            s.presence = .some(data)
+            s.presenceVersion += 1
+            return s.presenceVersion
+        }
+        try await connection.waitUntilConnected()
+        try await sendPresence(version: version, generation: await connection.generation, op: op)
+    }
+
+    /// Sends presence unless this version was already sent on this connection (by the
+    /// reconnect path, which always sends the newest data).
+    private func sendPresence(version: Int, generation: Int, op: String) async throws {
+        let data = state.withLock { s -> RealtimeJSON?? in
+            guard let data = s.presence, s.presenceVersion == version else { return nil }
+            if let sent = s.presenceSent, sent.generation == generation, sent.version >= version { return nil }
+            s.presenceSent = (generation, version)
+            return data
+        }
+        guard let data else { return }
+        _ = try await connection.request(op, presenceFields(data))
     }
 
     public func leavePresence() async throws {
-        state.withLock { $0.presence = nil }
+        state.withLock {
+            $0.presence = nil
+            $0.presenceSent = nil
+        }
         _ = try await connection.request("presence.leave", ["channel": .string(name)])
     }
 
@@ -102,10 +133,19 @@ public final class RealtimeChannel: Sendable {
 
     // MARK: From the connection
 
-    func connectionReady() async {
-        let (wanted, presence) = state.withLock { ($0.wanted, $0.presence) }
-        if wanted { _ = try? await resubscribe() }
-        if let presence { _ = try? await connection.request("presence.enter", presenceFields(presence)) }
+    func connectionReady(generation: Int) async {
+        let (wanted, version) = state.withLock { ($0.wanted, $0.presence == nil ? nil : $0.presenceVersion) }
+        if wanted { _ = try? await subscription(in: generation).value }
+        if let version { try? await sendPresence(version: version, generation: generation, op: "presence.enter") }
+    }
+
+    private func subscription(in generation: Int) -> Task<Bool, any Error> {
+        state.withLock { s in
+            if let current = s.subscribing, current.generation == generation { return current.task }
+            let task = Task { try await self.resubscribe() }
+            s.subscribing = (generation, task)
+            return task
+        }
     }
 
     private func resubscribe() async throws -> Bool {

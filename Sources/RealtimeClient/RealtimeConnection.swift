@@ -44,6 +44,8 @@ public actor RealtimeConnection {
     private let stateContinuation: AsyncStream<ConnectionState>.Continuation
     public private(set) var state: ConnectionState = .disconnected(code: nil)
     public private(set) var clientID: String?
+    /// Counts `connected` frames: channels use it to subscribe and enter once per connection.
+    private(set) var generation = 0
 
     private var transport: WebSocketTransport?
     private var token: String?
@@ -198,7 +200,9 @@ public actor RealtimeConnection {
             setState(.connected(connectionID: frame["connection_id"]?.string ?? ""))
             for w in stateWaiters { w.resume() }
             stateWaiters = []
-            for channel in channels.values { Task { await channel.connectionReady() } }
+            generation += 1
+            let generation = self.generation
+            for channel in channels.values { Task { await channel.connectionReady(generation: generation) } }
             return true
         case "message":
             if let message = try? JSONDecoder().decode(RealtimeMessage.self, from: Data(text.utf8)) {

@@ -119,6 +119,42 @@ import Testing
         }
     }
 
+    @Test func missedMessagesAndPresenceEventsReachTheirSequences() async throws {
+        try await TestNode.with { node in
+            let rest = RealtimeREST(baseURL: node.base, apiKey: node.key)
+            _ = try await rest.createChannel(name: "sdk-short", historySize: 2)
+            let first = try await rest.publish(channel: "sdk-short", event: "e", data: 0)
+            for i in 1...5 { _ = try await rest.publish(channel: "sdk-short", event: "e", data: .number(Double(i))) }
+            let watcher = RealtimeConnection(options: .init(endpoint: node.wsURL) {
+                try await rest.issueToken(TokenRequest(clientID: "watcher", capabilities: ["*": ["*"]])).token
+            })
+            await watcher.connect()
+            let short = await watcher.channel("sdk-short")
+            var events = short.events.makeAsyncIterator()
+            #expect(try await short.subscribe(sinceID: first.messageID) == false)
+            #expect(await events.next() == .subscribed(resumed: false))
+            #expect(await events.next() == .missedMessages(sinceID: first.messageID))
+            var replayed = short.messages.makeAsyncIterator()
+            #expect(await replayed.next()?.data == 4)
+            #expect(await replayed.next()?.data == 5)
+
+            let room = await watcher.channel("sdk-room")
+            try await room.subscribe()
+            var presence = room.presenceEvents.makeAsyncIterator()
+            let member = RealtimeConnection(options: .init(endpoint: node.wsURL) {
+                try await rest.issueToken(TokenRequest(clientID: "member", capabilities: ["*": ["*"]])).token
+            })
+            await member.connect()
+            try await member.channel("sdk-room").enterPresence(["mood": "ok"])
+            let entered = await presence.next()
+            #expect(entered?.action == .enter && entered?.member.clientID == "member" && entered?.member.data?["mood"]?.string == "ok")
+            await member.close()
+            let left = await presence.next()
+            #expect(left?.action == .leave, "\(String(describing: left))")
+            await watcher.close()
+        }
+    }
+
     @Test func tokenIsRefreshedBeforeItExpires() async throws {
         try await TestNode.with({ $0.timing.tokenExpiryWarningSeconds = 2 }) { node in
             let rest = RealtimeREST(baseURL: node.base, apiKey: node.key)

@@ -139,7 +139,7 @@ export class RealtimeClient extends Emitter {
         this.clientId = f.client_id;
         this._attempt = 0;
         this._setState("connected");
-        for (const ch of this._channels.values()) ch._resubscribe();
+        for (const ch of this._channels.values()) ch._connected();
         break;
       case "message":
         this._channels.get(f.channel)?._message(f);
@@ -238,7 +238,9 @@ export class RealtimeChannel extends Emitter {
     this.lastId = options.sinceId ?? null;
     this.state = "unsubscribed";
     this._wanted = false;
-    this._presence = null;
+    this._presence = null;       // {data} while entered
+    this._presenceVersion = 0;   // bumped by every enter/update
+    this._presenceSent = null;   // {connectionId, version} last sent
   }
 
   on(event, fn) {
@@ -254,6 +256,12 @@ export class RealtimeChannel extends Emitter {
     return this._resubscribe();
   }
 
+  // A (re)connection: subscribe again from the last id, enter presence again.
+  _connected() {
+    this._resubscribe();
+    if (this._presence) this._sendPresence(this._presenceVersion, "presence.enter").catch(() => {});
+  }
+
   _resubscribe() {
     if (!this._wanted) return Promise.resolve();
     this._setState("subscribing");
@@ -262,7 +270,6 @@ export class RealtimeChannel extends Emitter {
       .then((r) => {
         this._setState("subscribed", { resumed: r.resumed });
         if (since && !r.resumed) this._emit("resumed", { resumed: false, since_id: since });
-        if (this._presence) this.client.request("presence.enter", { channel: this.name, data: this._presence.data }).catch(() => {});
         return r;
       }, (e) => { this._setState("unsubscribed"); throw e; });
     return this._subscribed;
@@ -297,18 +304,30 @@ export class RealtimeChannel extends Emitter {
   }
 
   /** Enters presence (entered again after a reconnect). */
-  enterPresence(data) {
+  enterPresence(data) { return this._setPresence(data, "presence.enter"); }
+
+  updatePresence(data) { return this._setPresence(data, "presence.update"); }
+
+  _setPresence(data, op) {
     this._presence = { data };
-    return this._whenConnected(() => this.client.request("presence.enter", { channel: this.name, data }));
+    const version = ++this._presenceVersion;
+    return this._whenConnected(() => this._sendPresence(version, op));
   }
 
-  updatePresence(data) {
-    this._presence = { data };
-    return this._whenConnected(() => this.client.request("presence.update", { channel: this.name, data }));
+  // Sends unless this version already went out on this connection (the reconnect path always
+  // sends the newest data), so a connection enters once.
+  _sendPresence(version, op) {
+    const id = this.client.connectionId;
+    const sent = this._presenceSent;
+    if (!this._presence || version !== this._presenceVersion) return Promise.resolve();
+    if (sent && sent.connectionId === id && sent.version >= version) return Promise.resolve();
+    this._presenceSent = { connectionId: id, version };
+    return this.client.request(op, { channel: this.name, data: this._presence.data });
   }
 
   leavePresence() {
     this._presence = null;
+    this._presenceSent = null;
     return this._whenConnected(() => this.client.request("presence.leave", { channel: this.name }));
   }
 

@@ -28,6 +28,12 @@ def test_browser_example_runs_in_chromium(gateway):
     assert blocks, "README has a browser example"
     rest = Realtime(url=gateway, api_key=KEY)
     token = rest.token.issue(client_id="readme", channels=["chat:*"], capabilities={"chat:lobby": ["*"]})
+    # Someone else in the room sees the example's client enter once, then its message.
+    watcher_token = rest.token.issue(client_id="watcher", channels=["chat:lobby"])
+    watcher = WebSocket(watcher_token["endpoint"] + "?token=" + watcher_token["token"])
+    watcher.next("connected")
+    watcher.send({"op": "subscribe", "ref": "w", "channel": "chat:lobby"})
+    watcher.next("subscribed")
     page = Page(gateway + "/healthz")
     try:
         page.wait_for("location.origin.startsWith('http') && document.readyState === 'complete'")
@@ -42,5 +48,14 @@ def test_browser_example_runs_in_chromium(gateway):
         page.wait_for("window.log.some(a => JSON.stringify(a).includes('from the backend'))")
         members = rest.presence.get("chat:lobby")
         assert [m["client_id"] for m in members] == ["readme"]
+        seen = []
+        while True:
+            f = watcher.recv()
+            if f["type"] == "presence_event":
+                seen.append(f["action"])
+            if f["type"] == "message" and f["data"] == {"text": "from the backend"}:
+                break
+        assert seen == ["enter"], "the client entered presence once"
     finally:
+        watcher.close()
         page.close()
