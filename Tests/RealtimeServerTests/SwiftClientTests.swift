@@ -1,4 +1,8 @@
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
 import RealtimeClient
+import ServiceLifecycle
 import Synchronization
 import Testing
 @testable import RealtimeServer
@@ -205,6 +209,49 @@ import Testing
             try await publisher.value
             #expect(received == (0..<100).map { RealtimeJSON.number(Double($0)) })
             await connection.close()
+        }
+    }
+}
+
+/// Close code 4003 (forbidden) means "do not retry". No gateway path sends it today, so a
+/// WebSocket endpoint that refuses every connection with it stands in for the server; what is
+/// tested is the client's reaction.
+@Suite struct SwiftClientForbiddenTests {
+    @Test func neverRetriesAfterAForbiddenClose() async throws {
+        let attempts = Atomic<Int>(0)
+        let router = Router(context: BasicWebSocketRequestContext.self)
+        router.ws("/v1/realtime/ws") { _, outbound, _ in
+            attempts.add(1, ordering: .relaxed)
+            try await outbound.close(.unknown(4003), reason: "forbidden")
+        }
+        let port = BoundPort()
+        var logger = Logger(label: "refusing")
+        logger.logLevel = .critical
+        let app = Application(
+            router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
+            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { port.set($0.localAddress?.port ?? 0) }, logger: logger
+        )
+        let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            var options = RealtimeConnection.Options(endpoint: "ws://127.0.0.1:\(await port.wait())/v1/realtime/ws") { "any-token" }
+            options.minRetryDelay = .milliseconds(20)
+            options.maxRetryDelay = .milliseconds(50)
+            let connection = RealtimeConnection(options: options)
+            await connection.connect()
+            var failed = false
+            for await state in connection.states {
+                if case .failed(let code) = state { failed = code == 4003; break }
+            }
+            #expect(failed)
+            await #expect(throws: RealtimeClientError.self) { try await connection.waitUntilConnected() }
+            try await Task.sleep(for: .milliseconds(500))  // retries would come every 20-50 ms
+            #expect(attempts.load(ordering: .relaxed) == 1)
+            #expect(await connection.state == .failed(code: 4003))
+            await connection.close()
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
         }
     }
 }

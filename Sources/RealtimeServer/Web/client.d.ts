@@ -16,6 +16,8 @@ export interface TokenResponse {
 export interface ClientOptions {
   /** WebSocket endpoint; default: the token response's endpoint, else this page's host + /v1/realtime/ws. */
   url?: string;
+  /** Further nodes to try, in turn, whenever a connection is lost (without a load balancer). */
+  fallbackUrls?: string[];
   /** A fixed token (no refresh). */
   token?: string;
   /** Called before connecting, before expiry (token_expiring) and after a 4001 close. */

@@ -41,6 +41,7 @@ export class RealtimeClient extends Emitter {
     if (!options.token && !options.getToken) throw new TypeError("RealtimeClient needs token or getToken");
     this.options = {
       url: options.url ?? null,
+      fallbackUrls: options.fallbackUrls ?? [],
       token: options.token ?? null,
       getToken: options.getToken ?? null,
       minRetryMs: options.minRetryMs ?? 500,
@@ -55,6 +56,7 @@ export class RealtimeClient extends Emitter {
     this._pending = new Map();
     this._ref = 0;
     this._attempt = 0;
+    this._endpointIndex = 0;
     this._ws = null;
     this._timer = null;
     this._token = this.options.token;
@@ -106,7 +108,13 @@ export class RealtimeClient extends Emitter {
     ws.onerror = () => {};
   }
 
+  // The primary endpoint, then each of `fallbackUrls` in turn after every lost connection.
   _endpoint() {
+    const all = [this._primaryEndpoint(), ...this.options.fallbackUrls];
+    return all[this._endpointIndex % all.length];
+  }
+
+  _primaryEndpoint() {
     if (this.options.url) return this.options.url;
     if (this._tokenEndpoint) return this._tokenEndpoint;
     const l = globalThis.location;
@@ -178,6 +186,7 @@ export class RealtimeClient extends Emitter {
 
   _retry(immediately, info) {
     this._setState("disconnected", info);
+    this._endpointIndex++;
     const base = Math.min(this.options.maxRetryMs, this.options.minRetryMs * 2 ** this._attempt);
     const delay = immediately ? 0 : base / 2 + Math.random() * base / 2;
     this._attempt++;

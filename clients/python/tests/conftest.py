@@ -3,6 +3,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -24,10 +25,11 @@ def gateway_binary():
     pytest.fail("no realtime-gateway binary: run `swift build` first or set REALTIME_GATEWAY_BIN")
 
 
-def start_gateway(port=0):
-    """Starts a node (memory engine) and waits for its banner; `proc.url` is its base URL."""
+def start_gateway(port=0, **settings):
+    """Starts a node (memory engine unless `REALTIME_REDIS_URL` is among `settings`) and waits
+    for its banner; `proc.url` is its base URL."""
     env = {"PATH": os.environ.get("PATH", ""), "REALTIME_PORT": str(port), "REALTIME_API_KEY": KEY,
-           "REALTIME_LOG_LEVEL": "warning", "REALTIME_SHUTDOWN_TIMEOUT_SECONDS": "2"}
+           "REALTIME_LOG_LEVEL": "warning", "REALTIME_SHUTDOWN_TIMEOUT_SECONDS": "2", **settings}
     proc = subprocess.Popen([gateway_binary()], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -40,6 +42,40 @@ def start_gateway(port=0):
             return proc
     proc.kill()
     pytest.fail("gateway did not start")
+
+
+def stop(proc):
+    """SIGTERM (the node drains: close 1012 to every client), then wait."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def start_redis():
+    """A throwaway redis-server on a free port (no persistence); `proc.url` is its redis:// URL."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+                c.sendall(b"PING\r\n")
+                if c.recv(16).startswith(b"+PONG"):
+                    proc.url = f"redis://127.0.0.1:{port}"
+                    return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail("redis-server did not start")
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,10 @@ class Page:
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {expression}")
 
+    def wait_loaded(self):
+        """Until the page given at start (not the initial about:blank) has loaded."""
+        self.wait_for("location.protocol.startsWith('http') && document.readyState === 'complete'")
+
     def close(self):
         self.proc.terminate()
         try:
@@ -140,3 +144,167 @@ def test_the_client_module_and_its_types_are_served(gateway):
     assert "export class RealtimeClient" in body and "export class RealtimeChannel" in body
     types = urllib.request.urlopen(gateway + "/v1/realtime/client.d.ts").read().decode()
     assert "enterPresence(data?: unknown)" in types
+
+
+SECRET = "browser-cluster-secret-0123456789abcdefgh"
+
+
+@pytest.fixture
+def redis_cluster():
+    """A real redis-server and two nodes on it, each on a port of its own so either can be
+    restarted in place, as a load balancer's backends are."""
+    from conftest import start_redis, stop
+    redis = start_redis()
+    nodes = {}
+
+    def start(name, port):
+        nodes[name] = {"port": port, "proc": start_gateway(port, REALTIME_REDIS_URL=redis.url, REALTIME_NODE_ID=name,
+                                                          REALTIME_TOKEN_SECRET=SECRET)}
+        return nodes[name]
+
+    start("node-a", free_port())
+    start("node-b", free_port())
+    yield nodes, start
+    for node in nodes.values():
+        stop(node["proc"])
+    stop(redis)
+
+
+def test_a_page_survives_a_node_restart_without_losing_a_message(redis_cluster):
+    from conftest import stop
+    nodes, start = redis_cluster
+    a, b = nodes["node-a"], nodes["node-b"]
+    ws_a, ws_b = (f"ws://127.0.0.1:{n['port']}/v1/realtime/ws" for n in (a, b))
+    rest_b = Realtime(url=f"http://127.0.0.1:{b['port']}", api_key=KEY)
+    token = rest_b.token.issue(client_id="browser", channels=["restart-demo"])["token"]
+
+    page = Page(f"http://127.0.0.1:{b['port']}/console")
+    try:
+        page.wait_loaded()
+        # Two clients in the page, both on node A: one may fail over to node B, the other only
+        # knows node A (a single address, as behind a load balancer with one backend).
+        page.evaluate(f"""(async () => {{
+            const {{ RealtimeClient }} = await import('/v1/realtime/client.js');
+            window.got = {{ failover: [], pinned: [] }};
+            window.states = {{ failover: [], pinned: [] }};
+            window.missed = 0;
+            const make = (name, extra) => {{
+                const client = new RealtimeClient({{ token: {json.dumps(token)}, url: {json.dumps(ws_a)},
+                                                      minRetryMs: 200, maxRetryMs: 1000, ...extra }});
+                client.on('state', (s) => window.states[name].push(s.state));
+                const channel = client.channel('restart-demo');
+                channel.on('message', (m) => window.got[name].push(m.data.seq));
+                channel.on('resumed', () => window.missed++);
+                return channel;
+            }};
+            window.failover = make('failover', {{ fallbackUrls: [{json.dumps(ws_b)}] }});
+            window.pinned = make('pinned', {{}});
+            await Promise.all([window.failover.subscribe(), window.pinned.subscribe()]);
+            await window.failover.enterPresence({{ role: 'viewer' }});
+        }})()""")
+        members = [m["client_id"] for m in rest_b.presence.get("restart-demo")]
+        assert members == ["browser"]
+
+        # The backend publishes 0..79 through node B while node A restarts.
+        total = 80
+        for seq in range(total):
+            rest_b.publish("restart-demo", "tick", {"seq": seq})
+            if seq == 20:
+                page.wait_for("window.got.failover.length > 10 && window.got.pinned.length > 10")
+                stop(a["proc"])
+            if seq == 50:
+                start("node-a", a["port"])
+            time.sleep(0.02)
+
+        page.wait_for(f"window.got.failover.length >= {total} && window.got.pinned.length >= {total}", timeout=40)
+        got = page.evaluate("window.got")
+        assert got["failover"] == list(range(total))  # every message, in order, once
+        assert got["pinned"] == list(range(total))
+        assert page.evaluate("window.missed") == 0
+        states = page.evaluate("window.states")
+        assert "disconnected" in states["failover"] and "disconnected" in states["pinned"]
+        assert page.evaluate("window.failover.client.state") == "connected"
+        # The failover client entered presence again on node B after node A left it.
+        deadline = time.time() + 10
+        while [m["client_id"] for m in rest_b.presence.get("restart-demo")] != ["browser"]:
+            assert time.time() < deadline, "presence member not restored after the restart"
+            time.sleep(0.1)
+    finally:
+        page.close()
+
+
+class RefusingServer:
+    """A WebSocket endpoint that accepts the upgrade and closes every connection with `code`,
+    counting the connections it sees (a gateway never sends 4003 today; clients must still
+    honour it)."""
+
+    def __init__(self, code):
+        import hashlib
+        import threading
+        self.code = code
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"ws://127.0.0.1:{self.sock.getsockname()[1]}/v1/realtime/ws"
+        self.hashlib = hashlib
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        import base64
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                key = next((l.split(b":", 1)[1].strip() for l in head.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key:")), None)
+                if key is None:
+                    continue
+                self.connections += 1
+                accept = base64.b64encode(self.hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                reason = b"forbidden"
+                payload = self.code.to_bytes(2, "big") + reason
+                conn.sendall(bytes([0x88, len(payload)]) + payload)
+                # Read the client's close frame before closing: unread data would turn the
+                # close into a TCP reset, which the client sees as 1006, not our code.
+                conn.settimeout(2)
+                try:
+                    conn.recv(4096)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+def test_the_browser_client_never_retries_after_close_4003(gateway):
+    server = RefusingServer(4003)
+    page = Page(gateway + "/console")
+    try:
+        page.wait_loaded()
+        page.evaluate(f"""(async () => {{
+            const {{ RealtimeClient }} = await import('/v1/realtime/client.js');
+            window.refused = new RealtimeClient({{ token: 'any', url: {json.dumps(server.url)}, minRetryMs: 50, maxRetryMs: 100 }});
+            window.refusedStates = [];
+            window.refused.on('state', (s) => window.refusedStates.push(s));
+        }})()""")
+        try:
+            page.wait_for("window.refused.state === 'failed'", timeout=5)
+        except AssertionError:
+            raise AssertionError(f"states: {page.evaluate('window.refusedStates')}, connections: {server.connections}")
+        time.sleep(1.0)  # retries would come every 50-100 ms
+        assert page.evaluate("window.refused.state") == "failed"
+        assert server.connections == 1
+    finally:
+        page.close()
+        server.close()
