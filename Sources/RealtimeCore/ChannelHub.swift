@@ -161,7 +161,8 @@ public final class ChannelHub: Sendable {
 
     private func removeEntry(_ channel: ChannelName, _ id: UInt64) -> Bool {
         state.withLock { s in
-            guard var ch = s.channels[channel] else { return false }
+            // Moved out and back so `live` is edited in place, not copied.
+            guard var ch = s.channels.removeValue(forKey: channel) else { return false }
             var removed = ch.pending.removeValue(forKey: id) != nil
             if !removed, let index = ch.live.firstIndex(where: { $0.id == id }) {
                 ch.live.remove(at: index)

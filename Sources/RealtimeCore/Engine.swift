@@ -95,8 +95,9 @@ public protocol Engine: Sendable {
     /// Ends one delivery started by `attach`.
     func detach(_ channel: ChannelName) async
 
-    /// Publishes with the channel's history settings; see the protocol's atomicity contract.
-    func publish(_ request: PublishRequest, settings: ChannelSettings) async throws -> PublishOutcome
+    /// Publishes with the channel's stored history settings (the defaults when it has none),
+    /// read in the same atomic step; see the protocol's atomicity contract.
+    func publish(_ request: PublishRequest) async throws -> PublishOutcome
     func history(_ channel: ChannelName, _ query: HistoryQuery) async throws -> HistoryPage
     /// Retained messages after `position`, for gap-free resume.
     func replay(_ channel: ChannelName, after position: MessageID) async throws -> Replay

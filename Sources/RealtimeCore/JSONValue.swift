@@ -53,6 +53,13 @@ public struct JSONWriter: Sendable {
     public mutating func raw(_ s: String) { text += s }
 
     public mutating func string(_ s: String) {
+        // Most strings need no escaping: append them whole.
+        if !s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            text += "\""
+            text += s
+            text += "\""
+            return
+        }
         text.unicodeScalars.append("\"")
         for scalar in s.unicodeScalars {
             switch scalar {

@@ -19,6 +19,27 @@ public final class MemoryEngine: Engine {
         var maxDeletedID: MessageID?
         var lastPublishAt: Int64 = 0
         var ttlSeconds = 0
+
+        /// Appends with the next id and trims to the channel's history size (`XADD MAXLEN n`).
+        mutating func append(_ request: PublishRequest, at now: Int64, keeping history: (size: Int, ttlSeconds: Int)) -> Message {
+            let id = lastID.next(atMilliseconds: UInt64(max(now, 0)))
+            let message = Message(id: id, channel: request.channel, event: request.event, data: request.data, clientID: request.clientID, timestamp: now)
+            entries.append(message)
+            lastID = id
+            lastPublishAt = now
+            ttlSeconds = history.ttlSeconds
+            while entries.count > max(history.size, 0), let removed = entries.popFirst() {
+                maxDeletedID = removed.id
+            }
+            return message
+        }
+
+        /// Drops the entries once `ttlSeconds` passed without a publish (Redis: key expiry).
+        mutating func expire(now: Int64) {
+            guard ttlSeconds > 0, now - lastPublishAt >= Int64(ttlSeconds) * 1000, !entries.isEmpty else { return }
+            maxDeletedID = lastID
+            entries.removeAll()
+        }
     }
 
     struct IdempotencyRecord {
@@ -80,7 +101,7 @@ public final class MemoryEngine: Engine {
 
     // MARK: Publish and history
 
-    public func publish(_ request: PublishRequest, settings: ChannelSettings) async throws -> PublishOutcome {
+    public func publish(_ request: PublishRequest) async throws -> PublishOutcome {
         let now = clock.nowMilliseconds()
         return state.withLock { s in
             let channel = request.channel
@@ -88,17 +109,13 @@ public final class MemoryEngine: Engine {
                 return PublishOutcome(id: record.id, status: .duplicate, timestamp: record.timestamp)
             }
             Self.expireHistory(&s, channel, now: now)
-            var stream = s.streams[channel] ?? Stream()
-            let id = stream.lastID.next(atMilliseconds: UInt64(max(now, 0)))
-            let message = Message(id: id, channel: channel, event: request.event, data: request.data, clientID: request.clientID, timestamp: now)
-            stream.entries.append(message)
-            stream.lastID = id
-            stream.lastPublishAt = now
-            stream.ttlSeconds = settings.historyTTLSeconds
-            while stream.entries.count > max(settings.historySize, 0), let removed = stream.entries.popFirst() {
-                stream.maxDeletedID = removed.id
-            }
-            s.streams[channel] = stream
+            // Mutated in place through the dictionary: a copy taken out and put back would share
+            // the entries' storage, and the append would then copy the whole history.
+            let d = configuration.channelDefaults
+            let stored = s.settings[channel]
+            let history = (size: stored?.historySize ?? d.historySize, ttlSeconds: stored?.historyTTLSeconds ?? d.historyTTLSeconds)
+            let message = s.streams[channel, default: Stream()].append(request, at: now, keeping: history)
+            let id = message.id
             if s.known[channel] == nil { s.known[channel] = now }
             if let key = request.idempotencyKey {
                 let window = Int64(configuration.idempotencyWindowSeconds) * 1000
@@ -111,12 +128,7 @@ public final class MemoryEngine: Engine {
 
     /// Drops a stream's entries once it has gone `ttlSeconds` without a publish (Redis: key expiry).
     static func expireHistory(_ s: inout State, _ channel: ChannelName, now: Int64) {
-        guard var stream = s.streams[channel], stream.ttlSeconds > 0,
-            now - stream.lastPublishAt >= Int64(stream.ttlSeconds) * 1000, !stream.entries.isEmpty
-        else { return }
-        stream.maxDeletedID = stream.lastID
-        stream.entries.removeAll()
-        s.streams[channel] = stream
+        s.streams[channel]?.expire(now: now)
     }
 
     public func history(_ channel: ChannelName, _ query: HistoryQuery) async throws -> HistoryPage {

@@ -228,16 +228,17 @@ public final class RedisEngine: Engine {
 
     // MARK: Publish and history
 
-    public func publish(_ request: PublishRequest, settings: ChannelSettings) async throws -> PublishOutcome {
+    public func publish(_ request: PublishRequest) async throws -> PublishOutcome {
         let c = request.channel
+        let defaults = configuration.channelDefaults
         let window = request.idempotencyKey == nil ? "" : String(configuration.idempotencyWindowSeconds * 1000)
         let reply = try await call {
             try await redis.evaluate(
                 RedisScripts.publish,
                 keys: [keys.stream(c), request.idempotencyKey.map { keys.idempotency(c, $0) } ?? keys.stream(c), keys.meta(c)],
                 arguments: [
-                    request.event, request.data, request.clientID ?? "", String(max(settings.historySize, 0)),
-                    String(max(settings.historyTTLSeconds, 1) * 1000), window, keys.pubsub(c), String(clock.nowMilliseconds()),
+                    request.event, request.data, request.clientID ?? "", String(max(defaults.historySize, 0)),
+                    String(max(defaults.historyTTLSeconds, 1) * 1000), window, keys.pubsub(c), String(clock.nowMilliseconds()),
                 ].map { ByteBuffer(string: $0) })
         }
         guard let parts = reply.array, parts.count == 3, let status = parts[0].int, let id = parts[1].string.flatMap({ MessageID($0) }) else {

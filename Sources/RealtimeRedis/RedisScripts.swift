@@ -3,8 +3,9 @@ import RedisClient
 /// The engine's Lua scripts. Each runs atomically in Redis, which is what makes publish,
 /// presence changes and the presence sweep safe with any number of nodes.
 enum RedisScripts {
-    /// KEYS: stream, idempotency key, meta. ARGV: event, data, client_id ('' = none), maxlen,
-    /// ttl ms, idempotency window ms ('' = no key), pub/sub channel, now ms.
+    /// KEYS: stream, idempotency key, meta. ARGV: event, data, client_id ('' = none), default
+    /// maxlen, default ttl ms (the meta hash's `history_size` / `history_ttl_seconds` win when the
+    /// channel was created with settings), idempotency window ms ('' = no key), pub/sub channel, now ms.
     /// Returns {1, id, first_use} for a new message or {0, original id, 0} for a duplicate.
     static let publish = RedisScript(
         """
@@ -12,7 +13,10 @@ enum RedisScripts {
           local prev = redis.call('GET', KEYS[2])
           if prev then return {0, prev, 0} end
         end
-        local maxlen = tonumber(ARGV[4])
+        local stored = redis.call('HMGET', KEYS[3], 'history_size', 'history_ttl_seconds')
+        local maxlen = math.max((stored[1] and tonumber(stored[1])) or tonumber(ARGV[4]), 0)
+        local ttl = ARGV[5]
+        if stored[2] and tonumber(stored[2]) then ttl = math.max(tonumber(stored[2]), 1) * 1000 end
         if redis.call('EXISTS', KEYS[1]) == 0 then
           local last = redis.call('HGET', KEYS[3], 'last_id')
           if last then redis.call('HSET', KEYS[3], 'trimmed_id', last) end
@@ -30,7 +34,7 @@ enum RedisScripts {
           id = redis.call('XADD', KEYS[1], 'MAXLEN', maxlen, '*', 'e', ARGV[1], 'd', ARGV[2])
         end
         if maxlen == 0 then redis.call('HSET', KEYS[3], 'trimmed_id', id) end
-        redis.call('PEXPIRE', KEYS[1], ARGV[5])
+        redis.call('PEXPIRE', KEYS[1], ttl)
         redis.call('HSET', KEYS[3], 'last_id', id)
         local first = redis.call('HSETNX', KEYS[3], 'first_used', ARGV[8])
         redis.call('PUBLISH', ARGV[7], 'm\\n' .. id .. '\\n' .. #ARGV[3] .. '\\n' .. ARGV[3] .. #ARGV[1] .. '\\n' .. ARGV[1] .. ARGV[2])

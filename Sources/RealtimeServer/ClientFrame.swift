@@ -20,9 +20,51 @@ struct ClientFrame: Decodable {
     }
 }
 
+extension ClientFrame: FastDecodable {
+    init?(json: JSONValue) {
+        guard let o = json.objectMembers, case .string(let op)? = o["op"],
+            let channel = JSONValue.optionalString(o["channel"]), let sinceID = JSONValue.optionalString(o["since_id"]),
+            let event = JSONValue.optionalString(o["event"]), let idempotencyKey = JSONValue.optionalString(o["idempotency_key"]),
+            let direction = JSONValue.optionalString(o["direction"]), let token = JSONValue.optionalString(o["token"])
+        else { return nil }
+        switch o["limit"] {
+        case nil, .null?: limit = nil
+        case .integer(let i)? where Int(exactly: i) != nil: limit = Int(i)
+        default: return nil
+        }
+        self.op = op
+        self.ref = o["ref"].flatMap { $0 == .null ? nil : $0 }
+        self.channel = channel
+        self.sinceID = sinceID
+        self.event = event
+        self.data = o["data"].flatMap { $0 == .null ? nil : $0 }
+        self.idempotencyKey = idempotencyKey
+        self.direction = direction
+        self.token = token
+    }
+}
+
+/// A request type that can be built from a parsed ``JSONValue`` without Foundation's decoder;
+/// `init?(json:)` returns nil on any shape it does not expect, and the caller falls back to
+/// `Decodable` for the precise error.
+protocol FastDecodable: Decodable {
+    init?(json: JSONValue)
+}
+
 /// Decoding client JSON (REST bodies and WebSocket frames) with errors that name the field.
 enum RequestDecoding {
+    /// The fast path: ``JSONParser`` plus `init?(json:)`; anything unusual takes the Foundation
+    /// path, which words the error.
+    static func decode<T: FastDecodable>(_ type: T.Type, from bytes: [UInt8]) throws(RealtimeError) -> T {
+        if let value = JSONParser.parse(bytes), let decoded = T(json: value) { return decoded }
+        return try decodeWithFoundation(T.self, from: bytes)
+    }
+
     static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(RealtimeError) -> T {
+        try decodeWithFoundation(T.self, from: bytes)
+    }
+
+    static func decodeWithFoundation<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(RealtimeError) -> T {
         try JSONGuard.checkDepth(bytes)
         do {
             return try JSONDecoder().decode(T.self, from: Data(bytes))

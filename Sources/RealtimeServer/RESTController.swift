@@ -39,9 +39,17 @@ struct RESTController: Sendable {
     }
 
     func body<T: Decodable>(_ request: Request, as type: T.Type, limit: Int? = nil) async throws -> T {
+        try RequestDecoding.decode(T.self, from: try await bodyBytes(request, limit: limit))
+    }
+
+    func body<T: FastDecodable>(_ request: Request, as type: T.Type, limit: Int? = nil) async throws -> T {
+        try RequestDecoding.decode(T.self, from: try await bodyBytes(request, limit: limit))
+    }
+
+    private func bodyBytes(_ request: Request, limit: Int?) async throws -> [UInt8] {
         let buffer = try await request.body.collect(upTo: limit ?? runtime.configuration.limits.maxMessageBytes + 64 * 1024)
         guard buffer.readableBytes > 0 else { throw RealtimeError.badRequest("request body is empty; send a JSON object") }
-        return try RequestDecoding.decode(T.self, from: Array(buffer.readableBytesView))
+        return Array(buffer.readableBytesView)
     }
 
     func channelParameter(_ context: GatewayRequestContext) throws -> ChannelName {
@@ -201,7 +209,7 @@ struct RESTController: Sendable {
 
     // MARK: Publish
 
-    struct PublishBody: Decodable {
+    struct PublishBody: FastDecodable {
         var channel: String
         var event: String
         var data: JSONValue?
@@ -223,11 +231,10 @@ struct RESTController: Sendable {
             runtime.metrics.rateLimited.increment()
             throw error
         }
-        let settings = try await runtime.settings(channel)
         let outcome: PublishOutcome
         do {
             outcome = try await runtime.engine.publish(
-                PublishRequest(channel: channel, event: body.event, data: data, idempotencyKey: body.idempotencyKey), settings: settings)
+                PublishRequest(channel: channel, event: body.event, data: data, idempotencyKey: body.idempotencyKey))
         } catch {
             throw GatewayRuntime.engineError(error)
         }
@@ -247,7 +254,13 @@ struct RESTController: Sendable {
         }
     }
 
-    struct BatchBody: Decodable { var messages: [JSONValue] }
+    struct BatchBody: FastDecodable {
+        var messages: [JSONValue]
+        init?(json: JSONValue) {
+            guard case .array(let messages)? = json.objectMembers?["messages"] else { return nil }
+            self.messages = messages
+        }
+    }
 
     @Sendable func publishBatch(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
         let key = try await authenticate(request, .publish)
@@ -439,5 +452,14 @@ enum Cursor {
         if !parts[2].isEmpty, after == nil { return nil }
         if !parts[3].isEmpty, through == nil { return nil }
         return (dir, after, through)
+    }
+}
+
+extension RESTController.PublishBody {
+    init?(json: JSONValue) {
+        guard let o = json.objectMembers, case .string(let channel)? = o["channel"], case .string(let event)? = o["event"],
+            let idempotencyKey = JSONValue.optionalString(o["idempotency_key"])
+        else { return nil }
+        self.init(channel: channel, event: event, data: o["data"].flatMap { $0 == .null ? nil : $0 }, idempotencyKey: idempotencyKey)
     }
 }

@@ -157,8 +157,7 @@ extension WebSocketSession {
         let outcome: PublishOutcome
         do {
             outcome = try await runtime.engine.publish(
-                PublishRequest(channel: channel, event: event, data: data, clientID: claims.clientID, idempotencyKey: frame.idempotencyKey),
-                settings: settings)
+                PublishRequest(channel: channel, event: event, data: data, clientID: claims.clientID, idempotencyKey: frame.idempotencyKey))
         } catch {
             throw GatewayRuntime.engineError(error)
         }

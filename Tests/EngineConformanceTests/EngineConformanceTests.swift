@@ -9,7 +9,7 @@ import Testing
             let s = settings("orders:eu")
             var ids: [MessageID] = []
             for i in 0..<50 {
-                ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)"), settings: s).id)
+                ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id)
             }
             #expect(zip(ids, ids.dropFirst()).allSatisfy { $0 < $1 })
             let forwards = try await t.engine.history(s.name, HistoryQuery(limit: 100, direction: .forwards))
@@ -26,7 +26,7 @@ import Testing
             let s = settings("live")
             try await t.engine.attach(s.name)
             var ids: [MessageID] = []
-            for i in 0..<20 { ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)"), settings: s).id) }
+            for i in 0..<20 { ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
             try await t.events.wait("20 messages") { $0.messages.count >= 20 }
             #expect(t.events.messages.map(\.id) == ids)
             await t.engine.detach(s.name)
@@ -38,11 +38,11 @@ import Testing
         try await withEngine(kind) { t in
             let s = settings("pay")
             try await t.engine.attach(s.name)
-            let first = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1", idempotencyKey: "k"), settings: s)
-            let again = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "2", idempotencyKey: "k"), settings: s)
+            let first = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1", idempotencyKey: "k"))
+            let again = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "2", idempotencyKey: "k"))
             #expect(first.status == .published && again.status == .duplicate && again.id == first.id && again.timestamp == first.timestamp)
             // The key is per channel.
-            let elsewhere = try await t.engine.publish(PublishRequest(channel: channel("pay2"), event: "e", data: "3", idempotencyKey: "k"), settings: settings("pay2"))
+            let elsewhere = try await t.engine.publish(PublishRequest(channel: channel("pay2"), event: "e", data: "3", idempotencyKey: "k"))
             #expect(elsewhere.status == .published)
             try await Task.sleep(for: .milliseconds(50))
             #expect(t.events.messages.filter { $0.channel == s.name }.count == 1)
@@ -53,9 +53,10 @@ import Testing
     @Test(arguments: EngineKind.allCases)
     func historyIsTrimmedToHistorySizeAndReplayReportsTheGap(_ kind: EngineKind) async throws {
         try await withEngine(kind) { t in
-            let s = settings("trim", historySize: 3)
+            // Publish reads the stored history size itself (in the same atomic step).
+            let s = try await t.engine.createChannel(settings("trim", historySize: 3)).settings
             var ids: [MessageID] = []
-            for i in 0..<6 { ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)"), settings: s).id) }
+            for i in 0..<6 { ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
             let kept = try await t.engine.history(s.name, HistoryQuery(limit: 100, direction: .forwards)).messages.map(\.id)
             #expect(kept == Array(ids.suffix(3)))
             let lost = try await t.engine.replay(s.name, after: ids[0])
@@ -72,7 +73,7 @@ import Testing
         try await withEngine(kind) { t in
             let s = settings("pages")
             var ids: [MessageID] = []
-            for i in 0..<25 { ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)"), settings: s).id) }
+            for i in 0..<25 { ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
             var seen: [MessageID] = []
             var after: MessageID?
             while true {
@@ -167,7 +168,7 @@ import Testing
             #expect(listed == ["cfg:a", "cfg:b", "cfg:c", "cfg:d"])
 
             try await t.engine.attach(s.name)
-            _ = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1"), settings: s)
+            _ = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1"))
             try await t.engine.enterPresence(s.name, member: member("m1"))
             #expect(try await t.engine.deleteChannel(s.name))
             #expect(try await !t.engine.deleteChannel(s.name))
@@ -190,7 +191,7 @@ import Testing
             let s = settings("stats")
             #expect(try await t.engine.channelStats(s.name) == ChannelStats(subscribers: 0, presenceMembers: 0, lastMessageID: nil))
             await t.engine.reportLocalSubscribers(s.name, count: 3)
-            let id = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1"), settings: s).id
+            let id = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1")).id
             try await t.engine.enterPresence(s.name, member: member("x"))
             #expect(try await t.engine.channelStats(s.name) == ChannelStats(subscribers: 3, presenceMembers: 1, lastMessageID: id))
         }
@@ -215,11 +216,11 @@ import Testing
     func idempotencyKeysExpireWithTheWindow(_ kind: EngineKind) async throws {
         try await withEngine(kind, configuration: EngineConfiguration(idempotencyWindowSeconds: 1)) { t in
             let s = settings("window")
-            let first = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1", idempotencyKey: "k"), settings: s)
+            let first = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1", idempotencyKey: "k"))
             t.clock.advance(byMilliseconds: 1500)
             // Redis expires keys in its own time.
             if kind == .redis { try await Task.sleep(for: .milliseconds(1600)) }
-            let later = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "2", idempotencyKey: "k"), settings: s)
+            let later = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "2", idempotencyKey: "k"))
             #expect(later.status == .published && later.id != first.id)
         }
     }

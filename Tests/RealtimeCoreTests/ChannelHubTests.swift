@@ -34,11 +34,11 @@ final class RecordingSink: SubscriberSink {
             group.addTask { try await engine.run(delivering: { hub.handle($0) }) }
             try await Task.sleep(for: .milliseconds(20))
             var published: [MessageID] = []
-            for i in 0..<100 { published.append(try await engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)"), settings: s).id) }
+            for i in 0..<100 { published.append(try await engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
             let resumeFrom = published[49]
             let publisher = Task {
                 var ids: [MessageID] = []
-                for i in 100..<600 { ids.append(try await engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)"), settings: s).id) }
+                for i in 100..<600 { ids.append(try await engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
                 return ids
             }
             let sink = RecordingSink()
@@ -62,7 +62,7 @@ final class RecordingSink: SubscriberSink {
             let sinks = (0..<3).map { _ in RecordingSink() }
             for sink in sinks { _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in } }
             #expect(hub.localCount(ch) == 3)
-            _ = try await engine.publish(PublishRequest(channel: ch, event: "e", data: "{}"), settings: try await engine.channelSettings(ch))
+            _ = try await engine.publish(PublishRequest(channel: ch, event: "e", data: "{}"))
             let frames = sinks.map { $0.frames.withLock { $0 } }
             #expect(frames[0].count == 1 && frames.allSatisfy { $0 == frames[0] })
             #expect(try await engine.channelStats(ch).subscribers == 3)
