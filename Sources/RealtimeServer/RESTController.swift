@@ -27,15 +27,23 @@ struct RESTController: Sendable {
     // MARK: Helpers
 
     func authenticate(_ request: Request, _ scope: APIScope) async throws -> APIKeyAuthenticator.Authenticated {
-        var presented = request.headers[.authorization].flatMap { value -> String? in
-            let parts = value.split(separator: " ", maxSplits: 1)
-            guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
-            return String(parts[1]).trimmingCharacters(in: .whitespaces)
-        }
+        var presented = request.headers[.authorization].flatMap(Self.bearerToken)
         if presented == nil, let name = HTTPField.Name("X-API-Key") { presented = request.headers[name] }
         let key = try await runtime.keys.authenticate(presented)
         guard key.scopes.contains(scope) else { throw RealtimeError.scopeMissing(scope.rawValue) }
         return key
+    }
+
+    /// The credential of an `Authorization: Bearer <key>` value (scheme case-insensitive).
+    static func bearerToken(_ value: String) -> String? {
+        let bytes = value.utf8
+        guard bytes.count > 7, bytes.prefix(6).map({ $0 | 0x20 }).elementsEqual("bearer".utf8),
+            bytes.dropFirst(6).first == UInt8(ascii: " ")
+        else { return nil }
+        let token = bytes.dropFirst(7).drop(while: { $0 == 0x20 || $0 == 0x09 })
+        let end = token.lastIndex(where: { $0 != 0x20 && $0 != 0x09 })
+        guard let end else { return nil }
+        return String(Substring(token[token.startIndex...end]))
     }
 
     func body<T: Decodable>(_ request: Request, as type: T.Type, limit: Int? = nil) async throws -> T {

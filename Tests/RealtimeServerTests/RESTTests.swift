@@ -1,3 +1,4 @@
+@testable import RealtimeServer
 import RealtimeCore
 import Testing
 
@@ -250,5 +251,18 @@ enum HTTPMethodName {
         case .post: return .POST
         case .delete: return .DELETE
         }
+    }
+}
+
+@Suite struct BearerTokenTests {
+    @Test func theSchemeIsCaseInsensitiveAndSpacesAroundTheKeyAreIgnored() {
+        #expect(RESTController.bearerToken("Bearer rk_1.abc") == "rk_1.abc")
+        #expect(RESTController.bearerToken("bearer rk_1.abc") == "rk_1.abc")
+        #expect(RESTController.bearerToken("BEARER   rk_1.abc  ") == "rk_1.abc")
+        #expect(RESTController.bearerToken("Basic dXNlcjpwYXNz") == nil)
+        #expect(RESTController.bearerToken("Bearer") == nil)
+        #expect(RESTController.bearerToken("Bearer    ") == nil)
+        #expect(RESTController.bearerToken("Bearerrk_1.abc") == nil)
+        #expect(RESTController.bearerToken("Bearer é-key") == "é-key")
     }
 }
