@@ -12,23 +12,66 @@ struct RedisRequest {
 
 /// RESP over one channel: hiredis decodes, replies complete requests in FIFO order (which is
 /// what makes pipelining safe). On a subscriber connection, `message` pushes go to `onPush`.
-final class RedisChannelHandler: ChannelDuplexHandler {
+///
+/// Commands arrive through ``send(_:)`` on the channel's loop. Their writes are flushed once per
+/// loop turn, so commands issued together leave in one syscall; one repeating check per
+/// connection (not a timer per command) enforces the command timeout.
+final class RedisChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
-    typealias OutboundIn = RedisRequest
     typealias OutboundOut = ByteBuffer
 
     private let reader = RESPReader()
-    private var pending = Deque<EventLoopPromise<RESPValue>>()
+    private var pending = Deque<(promise: EventLoopPromise<RESPValue>, deadline: NIODeadline)>()
     private let onPush: (@Sendable (ByteBuffer, ByteBuffer) -> Void)?
+    private let commandTimeout: TimeAmount
+    private var context: ChannelHandlerContext?
+    private var flushScheduled = false
+    private var timeoutCheck: RepeatedTask?
 
-    init(onPush: (@Sendable (ByteBuffer, ByteBuffer) -> Void)?) {
+    init(commandTimeout: TimeAmount, onPush: (@Sendable (ByteBuffer, ByteBuffer) -> Void)?) {
+        self.commandTimeout = commandTimeout
         self.onPush = onPush
     }
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let request = unwrapOutboundIn(data)
-        pending.append(request.promise)
-        context.write(wrapOutboundOut(request.bytes), promise: promise)
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let every = min(commandTimeout, .milliseconds(250))
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        timeoutCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in
+            loopBound.value.expireTimedOut()
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timeoutCheck?.cancel()
+        self.context = nil
+    }
+
+    /// Queues a command (on the channel's loop); the flush follows at the end of this loop turn.
+    func send(_ request: RedisRequest) {
+        guard let context, context.channel.isActive else {
+            request.promise.fail(RedisError.connection("connection closed"))
+            return
+        }
+        pending.append((request.promise, .now() + commandTimeout))
+        context.write(wrapOutboundOut(request.bytes), promise: nil)
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let handler = loopBound.value
+            handler.flushScheduled = false
+            handler.context?.flush()
+        }
+    }
+
+    /// A command not answered in time fails, and the connection closes, failing everything
+    /// behind it (their replies could no longer be matched).
+    private func expireTimedOut() {
+        guard let first = pending.first, first.deadline < .now() else { return }
+        pending.removeFirst().promise.fail(RedisError.timeout)
+        failAll(.connection("connection closed after a command timed out"))
+        context?.close(promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -42,10 +85,10 @@ final class RedisChannelHandler: ChannelDuplexHandler {
                     onPush(channel, payload)
                     continue
                 }
-                guard let promise = pending.popFirst() else {
+                guard let request = pending.popFirst() else {
                     throw RedisError.protocolError("reply without a request")
                 }
-                promise.succeed(value)
+                request.promise.succeed(value)
             }
         } catch {
             failAll(error as? RedisError ?? .protocolError("\(error)"))
@@ -64,18 +107,18 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     }
 
     private func failAll(_ error: RedisError) {
-        while let p = pending.popFirst() { p.fail(error) }
+        while let p = pending.popFirst() { p.promise.fail(error) }
     }
 }
 
 /// One connection to Redis. Commands from many tasks share it, pipelined.
 public final class RedisConnection: Sendable {
     let channel: any Channel
-    let commandTimeout: Duration
+    let handler: NIOLoopBound<RedisChannelHandler>
 
-    init(channel: any Channel, commandTimeout: Duration) {
+    init(channel: any Channel, handler: NIOLoopBound<RedisChannelHandler>) {
         self.channel = channel
-        self.commandTimeout = commandTimeout
+        self.handler = handler
     }
 
     /// Connects, authenticates and selects the database.
@@ -91,6 +134,7 @@ public final class RedisConnection: Sendable {
         // SNI takes names, not addresses; an address is still checked against the certificate.
         let serverName = config.host.contains(where: { $0.isLetter }) ? config.host : nil
         let channel: any Channel
+        let handler: NIOLoopBound<RedisChannelHandler>
         do {
             channel = try await ClientBootstrap(group: group)
                 .connectTimeout(TimeAmount(config.connectTimeout))
@@ -100,14 +144,17 @@ public final class RedisConnection: Sendable {
                         if let sslContext {
                             try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: serverName))
                         }
-                        try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(onPush: onPush))
+                        try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: TimeAmount(config.commandTimeout), onPush: onPush))
                     }
                 }
                 .connect(host: config.host, port: config.port).get()
+            handler = try await channel.eventLoop.submit {
+                NIOLoopBound(try channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self), eventLoop: channel.eventLoop)
+            }.get()
         } catch {
             throw RedisError.connection("cannot connect to \(config.host):\(config.port): \(error)")
         }
-        let connection = RedisConnection(channel: channel, commandTimeout: config.commandTimeout)
+        let connection = RedisConnection(channel: channel, handler: handler)
         do {
             if let password = config.password {
                 try await connection.send(config.username.map { ["AUTH", $0, password] } ?? ["AUTH", password])
@@ -137,24 +184,20 @@ public final class RedisConnection: Sendable {
         return value
     }
 
-    /// Writes the command now (in call order) and returns the future of its reply. A command not
+    /// Queues the command (in call order) and returns the future of its reply. A command not
     /// answered within the timeout closes the connection, failing it and everything behind it.
     func sendFuture(_ arguments: [ByteBuffer]) -> EventLoopFuture<RESPValue> {
         var bytes = channel.allocator.buffer(capacity: 64)
         RESPEncoder.encode(arguments, into: &bytes)
-        let promise = channel.eventLoop.makePromise(of: RESPValue.self)
-        let channel = self.channel
-        let timeout = channel.eventLoop.scheduleTask(in: TimeAmount(commandTimeout)) {
-            promise.fail(RedisError.timeout)
-            channel.close(promise: nil)
+        let loop = channel.eventLoop
+        let request = RedisRequest(bytes: bytes, promise: loop.makePromise(of: RESPValue.self))
+        if loop.inEventLoop {
+            handler.value.send(request)
+        } else {
+            let handler = self.handler
+            loop.execute { handler.value.send(request) }
         }
-        promise.futureResult.whenComplete { _ in timeout.cancel() }
-        // A write that never reaches the handler (closed channel) fails the request here;
-        // completing a promise twice is a no-op in NIO, so the handler may fail it too.
-        let written = channel.eventLoop.makePromise(of: Void.self)
-        written.futureResult.whenFailure { error in promise.fail(RedisError.connection("\(error)")) }
-        channel.writeAndFlush(RedisRequest(bytes: bytes, promise: promise), promise: written)
-        return promise.futureResult
+        return request.promise.futureResult
     }
 }
 
