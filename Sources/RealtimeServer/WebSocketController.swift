@@ -7,14 +7,15 @@ struct WebSocketController: Sendable {
     let runtime: GatewayRuntime
 
     func register(on router: Router<GatewayRequestContext>) {
+        // Refusals happen after the upgrade, as close codes a WebSocket client can act on
+        // (hummingbird-websocket answers an error thrown before the upgrade with a bare 400).
         router.ws("v1/realtime/ws") { _, _ in
-            // Refusals before the upgrade are plain HTTP errors with the contract's envelope.
-            if runtime.draining.load(ordering: .relaxed) { throw RealtimeError.engineUnavailable("node is draining; connect to another node") }
-            if runtime.registry.count >= runtime.configuration.limits.maxConnections {
-                throw RealtimeError.engineUnavailable("node is at its connection limit; connect to another node")
-            }
-            return .upgrade([:])
+            .upgrade([:])
         } onUpgrade: { inbound, outbound, context in
+            if runtime.draining.load(ordering: .relaxed) {
+                try await outbound.close(.unknown(1012), reason: "node draining")
+                return
+            }
             let session = WebSocketSession(runtime: runtime, channel: context.requestContext.channel)
             guard runtime.registry.add(session, limit: runtime.configuration.limits.maxConnections) else {
                 try await outbound.close(.unknown(1013), reason: "connection limit")

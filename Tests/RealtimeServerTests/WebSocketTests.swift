@@ -1,3 +1,4 @@
+@testable import RealtimeServer
 import Foundation
 import RealtimeCore
 import Synchronization
@@ -6,8 +7,11 @@ import Testing
 @Suite struct WebSocketTests {
     @Test func connectedFrameCarriesTheContractFields() async throws {
         try await TestNode.with { node in
-            let socket = try await TestSocket.connect(node.wsURL + "?token=" + (try await node.token(client: "alice", user: "u1")))
-            let hello = try await socket.next()
+            // A token in the query string: `connected` is the first frame after the 101.
+            let peer = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token(client: "alice", user: "u1")))
+            let first = try #require(try await peer.firstText())
+            let hello = try JSONDecoder().decode(JSONValue.self, from: Data(first.utf8))
+            try await peer.close()
             #expect(hello["type"].string == "connected")
             #expect(hello["connection_id"].string?.isEmpty == false && hello["client_id"].string == "alice" && hello["user_id"].string == "u1")
             #expect(hello["heartbeat_seconds"].int == 25 && hello["max_message_bytes"].int == 65536)
@@ -77,8 +81,7 @@ import Testing
 
     @Test func compressedConnectionsWork() async throws {
         try await TestNode.with { node in
-            let socket = try await TestSocket.connect(node.wsURL + "?token=" + (try await node.token()), compression: true)
-            #expect(try await socket.next()["type"].string == "connected")
+            let socket = try await node.connect(try await node.token(), compression: true)
             _ = try await socket.call("subscribe", #""channel":"z""#)
             let text = String(repeating: "compress me ", count: 200)
             try await node.publish("z", data: "\"\(text)\"")
@@ -285,9 +288,19 @@ import Testing
         try await TestNode.with({ $0.limits.maxConnections = 2 }) { node in
             let a = try await node.connect(try await node.token(client: "a"))
             _ = try await node.connect(try await node.token(client: "b"))
-            let third = try await TestSocket.connect(node.wsURL + "?token=" + (try await node.token(client: "c")))
-            await #expect(throws: TestSocket.Timeout.self) { try await third.next(timeout: .seconds(2)) }
+            let third = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token(client: "c")))
+            // Upgraded, then closed at once with 1013 (try again later), before any frame.
+            let refused = try await third.framesUntilClose()
+            #expect(refused.texts.isEmpty && refused.closeCode == 1013, "\(refused)")
+            try await third.close()
             #expect(try await a.call("ping")["type"].string == "pong")
+            // A draining node closes new connections with 1012 (checked before the limit):
+            // reconnect elsewhere.
+            node.gateway.runtime.draining.store(true, ordering: .relaxed)
+            let late = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token(client: "d")))
+            let drained = try await late.framesUntilClose()
+            #expect(drained.texts.isEmpty && drained.closeCode == 1012, "\(drained)")
+            node.gateway.runtime.draining.store(false, ordering: .relaxed)
         }
     }
 }

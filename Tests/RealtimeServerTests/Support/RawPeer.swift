@@ -55,6 +55,16 @@ struct RawPeer {
         }
     }
 
+    /// The first text frame the server sent (waits up to `timeout`).
+    func firstText(timeout: Duration = .seconds(10)) async throws -> String? {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let first = Self.parse(received.bytes.withLock { $0 }).texts.first { return first }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        return nil
+    }
+
     static func parse(_ bytes: [UInt8]) -> (texts: [String], closeCode: Int?) {
         // Skip the HTTP response head.
         guard let headEnd = (0..<max(bytes.count - 3, 0)).first(where: { bytes[$0] == 13 && bytes[$0 + 1] == 10 && bytes[$0 + 2] == 13 && bytes[$0 + 3] == 10 }) else {

@@ -132,8 +132,8 @@ extension NodeAccess {
     }
 
     /// Connects with a token and waits for `connected`.
-    func connect(_ token: String, reading: Bool = true) async throws -> TestSocket {
-        let socket = try await TestSocket.connect(wsURL + "?token=" + token)
+    func connect(_ token: String, reading: Bool = true, compression: Bool = false) async throws -> TestSocket {
+        let socket = try await TestSocket.connect(wsURL + "?token=" + token, compression: compression)
         let hello = try await socket.next()
         #expect(hello["type"].string == "connected", "expected connected, got \(hello)")
         if !reading { socket.pause() }
