@@ -232,7 +232,11 @@ import Testing
             configuration: .init(address: .hostname("127.0.0.1", port: 0)),
             onServerRunning: { port.set($0.localAddress?.port ?? 0) }, logger: logger
         )
-        let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
+        var groupConfiguration = ServiceGroupConfiguration(services: [app], logger: logger)
+        // The server must not wait on a lingering client connection at the end of the test.
+        groupConfiguration.maximumGracefulShutdownDuration = .seconds(2)
+        groupConfiguration.maximumCancellationDuration = .seconds(2)
+        let group = ServiceGroup(configuration: groupConfiguration)
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
             var options = RealtimeConnection.Options(endpoint: "ws://127.0.0.1:\(await port.wait())/v1/realtime/ws") { "any-token" }
@@ -240,9 +244,19 @@ import Testing
             options.maxRetryDelay = .milliseconds(50)
             let connection = RealtimeConnection(options: options)
             await connection.connect()
-            var failed = false
-            for await state in connection.states {
-                if case .failed(let code) = state { failed = code == 4003; break }
+            let failed = try await withThrowingTaskGroup(of: Bool.self) { race in
+                race.addTask {
+                    for await state in connection.states {
+                        if case .failed(let code) = state { return code == 4003 }
+                    }
+                    return false
+                }
+                race.addTask {
+                    try await Task.sleep(for: .seconds(10))
+                    return false
+                }
+                defer { race.cancelAll() }
+                return try await race.next() ?? false
             }
             #expect(failed)
             await #expect(throws: RealtimeClientError.self) { try await connection.waitUntilConnected() }
