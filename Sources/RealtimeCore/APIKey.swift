@@ -50,8 +50,10 @@ public enum APIKeyMaterial {
         return String(key[..<dot])
     }
 
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+
     public static func hash(_ key: String) -> String {
-        let digits = Array("0123456789abcdef".utf8)
+        let digits = hexDigits
         var hex: [UInt8] = []
         hex.reserveCapacity(64)
         for byte in SHA256.hash(data: Array(key.utf8)) {

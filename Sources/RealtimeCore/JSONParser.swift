@@ -219,6 +219,9 @@ extension JSONValue {
     /// The object's members, or nil when this is not an object.
     public var objectMembers: [String: JSONValue]? { if case .object(let o) = self { return o } else { return nil } }
 
+    /// Nil for JSON `null`, as an optional `Decodable` field reads it.
+    public var nonNull: JSONValue? { self == .null ? nil : self }
+
     /// A string member: absent is `.some(nil)`; present but not a string is nil (a type error).
     public static func optionalString(_ value: JSONValue?) -> String?? {
         switch value {

@@ -92,7 +92,7 @@ public final class MemoryEngine: Engine {
                 let kept = records.filter { $0.value.expiresAt > now }
                 s.idempotency[channel] = kept.isEmpty ? nil : kept
             }
-            for channel in Array(s.streams.keys) { Self.expireHistory(&s, channel, now: now) }
+            for channel in Array(s.streams.keys) { s.streams[channel]?.expire(now: now) }
         }
     }
 
@@ -108,7 +108,7 @@ public final class MemoryEngine: Engine {
             if let key = request.idempotencyKey, let record = s.idempotency[channel]?[key], record.expiresAt > now {
                 return PublishOutcome(id: record.id, status: .duplicate, timestamp: record.timestamp)
             }
-            Self.expireHistory(&s, channel, now: now)
+            s.streams[channel]?.expire(now: now)
             // Mutated in place through the dictionary: a copy taken out and put back would share
             // the entries' storage, and the append would then copy the whole history.
             let d = configuration.channelDefaults
@@ -126,15 +126,11 @@ public final class MemoryEngine: Engine {
         }
     }
 
-    /// Drops a stream's entries once it has gone `ttlSeconds` without a publish (Redis: key expiry).
-    static func expireHistory(_ s: inout State, _ channel: ChannelName, now: Int64) {
-        s.streams[channel]?.expire(now: now)
-    }
 
     public func history(_ channel: ChannelName, _ query: HistoryQuery) async throws -> HistoryPage {
         let now = clock.nowMilliseconds()
         return state.withLock { s in
-            Self.expireHistory(&s, channel, now: now)
+            s.streams[channel]?.expire(now: now)
             guard let entries = s.streams[channel]?.entries else { return HistoryPage(messages: [], hasMore: false) }
             let lower = query.after.map { after in Self.firstIndex(in: entries) { $0.id > after } } ?? entries.startIndex
             let upper = query.through.map { through in Self.firstIndex(in: entries) { $0.id > through } } ?? entries.endIndex
@@ -153,7 +149,7 @@ public final class MemoryEngine: Engine {
     public func replay(_ channel: ChannelName, after position: MessageID) async throws -> Replay {
         let now = clock.nowMilliseconds()
         return state.withLock { s in
-            Self.expireHistory(&s, channel, now: now)
+            s.streams[channel]?.expire(now: now)
             guard let stream = s.streams[channel] else { return Replay(messages: [], complete: true) }
             let start = Self.firstIndex(in: stream.entries) { $0.id > position }
             let complete = stream.maxDeletedID.map { $0 <= position } ?? true
@@ -297,7 +293,7 @@ public final class MemoryEngine: Engine {
     public func channelStats(_ name: ChannelName) async throws -> ChannelStats {
         let now = clock.nowMilliseconds()
         return state.withLock { s in
-            Self.expireHistory(&s, name, now: now)
+            s.streams[name]?.expire(now: now)
             let stream = s.streams[name]
             return ChannelStats(
                 subscribers: s.localSubscribers[name] ?? 0,

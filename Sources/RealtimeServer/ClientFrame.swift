@@ -33,11 +33,11 @@ extension ClientFrame: FastDecodable {
         default: return nil
         }
         self.op = op
-        self.ref = o["ref"].flatMap { $0 == .null ? nil : $0 }
+        self.ref = o["ref"]?.nonNull
         self.channel = channel
         self.sinceID = sinceID
         self.event = event
-        self.data = o["data"].flatMap { $0 == .null ? nil : $0 }
+        self.data = o["data"]?.nonNull
         self.idempotencyKey = idempotencyKey
         self.direction = direction
         self.token = token

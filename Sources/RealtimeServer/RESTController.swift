@@ -468,6 +468,6 @@ extension RESTController.PublishBody {
         guard let o = json.objectMembers, case .string(let channel)? = o["channel"], case .string(let event)? = o["event"],
             let idempotencyKey = JSONValue.optionalString(o["idempotency_key"])
         else { return nil }
-        self.init(channel: channel, event: event, data: o["data"].flatMap { $0 == .null ? nil : $0 }, idempotencyKey: idempotencyKey)
+        self.init(channel: channel, event: event, data: o["data"]?.nonNull, idempotencyKey: idempotencyKey)
     }
 }

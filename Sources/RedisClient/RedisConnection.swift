@@ -27,6 +27,9 @@ final class RedisChannelHandler: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var flushScheduled = false
     private var timeoutCheck: RepeatedTask?
+    /// This handler, sendable to its own loop (for the flush and the timeout check); released
+    /// when the handler leaves the pipeline.
+    private var bound: NIOLoopBound<RedisChannelHandler>?
 
     init(commandTimeout: TimeAmount, onPush: (@Sendable (ByteBuffer, ByteBuffer) -> Void)?) {
         self.commandTimeout = commandTimeout
@@ -35,16 +38,18 @@ final class RedisChannelHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        self.bound = bound
         let every = min(commandTimeout, .milliseconds(250))
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         timeoutCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in
-            loopBound.value.expireTimedOut()
+            bound.value.expireTimedOut()
         }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         timeoutCheck?.cancel()
         self.context = nil
+        self.bound = nil
     }
 
     /// Queues a command (on the channel's loop); the flush follows at the end of this loop turn.
@@ -55,11 +60,10 @@ final class RedisChannelHandler: ChannelInboundHandler {
         }
         pending.append((request.promise, .now() + commandTimeout))
         context.write(wrapOutboundOut(request.bytes), promise: nil)
-        guard !flushScheduled else { return }
+        guard !flushScheduled, let bound else { return }
         flushScheduled = true
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         context.eventLoop.execute {
-            let handler = loopBound.value
+            let handler = bound.value
             handler.flushScheduled = false
             handler.context?.flush()
         }

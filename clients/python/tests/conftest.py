@@ -82,11 +82,7 @@ def start_redis():
 def gateway():
     proc = start_gateway()
     yield proc.url
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc)
 
 
 @pytest.fixture(autouse=True)

@@ -1,18 +1,21 @@
 """The browser client and the console page in headless Chromium, driven over the DevTools
 protocol: a real page connects with a minted token, receives a published message, shows a
 presence member, and reconnects after the node it is connected to restarts."""
+import base64
+import hashlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 
 import pytest
 
-from conftest import KEY, WebSocket, gateway_binary, start_gateway
+from conftest import KEY, WebSocket, start_gateway, start_redis, stop
 from realtime_client import Realtime
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -90,8 +93,7 @@ def own_node():
     port = free_port()
     node = {"port": port, "proc": start_gateway(port)}
     yield node
-    node["proc"].terminate()
-    node["proc"].wait(timeout=15)
+    stop(node["proc"])
 
 
 def test_console_page_watches_a_channel_live_and_survives_a_node_restart(own_node):
@@ -125,8 +127,7 @@ def test_console_page_watches_a_channel_live_and_survives_a_node_restart(own_nod
         ws.close()
 
         # The node restarts (drain closes with 1012); the page reconnects and resubscribes.
-        own_node["proc"].terminate()
-        own_node["proc"].wait(timeout=15)
+        stop(own_node["proc"])
         page.wait_for("document.getElementById('state').textContent !== 'connected'")
         own_node["proc"] = start_gateway(own_node["port"])
         page.wait_for("document.getElementById('state').textContent === 'connected'", timeout=40)
@@ -153,7 +154,6 @@ SECRET = "browser-cluster-secret-0123456789abcdefgh"
 def redis_cluster():
     """A real redis-server and two nodes on it, each on a port of its own so either can be
     restarted in place, as a load balancer's backends are."""
-    from conftest import start_redis, stop
     redis = start_redis()
     nodes = {}
 
@@ -171,7 +171,6 @@ def redis_cluster():
 
 
 def test_a_page_survives_a_node_restart_without_losing_a_message(redis_cluster):
-    from conftest import stop
     nodes, start = redis_cluster
     a, b = nodes["node-a"], nodes["node-b"]
     ws_a, ws_b = (f"ws://127.0.0.1:{n['port']}/v1/realtime/ws" for n in (a, b))
@@ -239,20 +238,16 @@ class RefusingServer:
     honour it)."""
 
     def __init__(self, code):
-        import hashlib
-        import threading
         self.code = code
         self.connections = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.url = f"ws://127.0.0.1:{self.sock.getsockname()[1]}/v1/realtime/ws"
-        self.hashlib = hashlib
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self):
-        import base64
         while True:
             try:
                 conn, _ = self.sock.accept()
@@ -269,7 +264,7 @@ class RefusingServer:
                 if key is None:
                     continue
                 self.connections += 1
-                accept = base64.b64encode(self.hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
                 conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                              b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
                 reason = b"forbidden"
