@@ -1,6 +1,7 @@
 import Synchronization
 
-/// The close a connection is headed for: the first request wins, and waiters learn of it.
+/// The close a connection is headed for: the first request wins, and the connection learns of
+/// it through the callback it installed.
 final class CloseLatch: Sendable {
     struct Request {
         var code: UInt16
@@ -11,34 +12,33 @@ final class CloseLatch: Sendable {
 
     private struct State {
         var request: Request?
-        var waiters: [CheckedContinuation<Void, Never>] = []
+        var onClose: (@Sendable (Request) -> Void)?
     }
 
     private let state = Mutex(State())
 
+    /// Installs what runs (once, on the requesting thread) when a close is requested; runs at
+    /// once if one already was.
+    func onClose(_ body: @escaping @Sendable (Request) -> Void) {
+        let pending = state.withLock { s -> Request? in
+            s.onClose = body
+            return s.request
+        }
+        if let pending { body(pending) }
+    }
+
     /// Requests a close; later requests are ignored.
     func close(code: UInt16, reason: String, dropQueued: Bool = false) {
-        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            if s.request == nil { s.request = Request(code: code, reason: reason, dropQueued: dropQueued) }
-            defer { s.waiters = [] }
-            return s.waiters
+        let (request, body) = state.withLock { s -> (Request?, (@Sendable (Request) -> Void)?) in
+            guard s.request == nil else { return (nil, nil) }
+            let request = Request(code: code, reason: reason, dropQueued: dropQueued)
+            s.request = request
+            return (request, s.onClose)
         }
-        for w in waiters { w.resume() }
+        if let request, let body { body(request) }
     }
 
     var isClosing: Bool { state.withLock { $0.request != nil } }
 
     var request: Request? { state.withLock { $0.request } }
-
-    /// Returns once a close has been requested.
-    func waitUntilClosing() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { s -> Bool in
-                if s.request != nil { return true }
-                s.waiters.append(c)
-                return false
-            }
-            if now { c.resume() }
-        }
-    }
 }

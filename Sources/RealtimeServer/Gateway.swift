@@ -1,7 +1,6 @@
 import Foundation
 import Hummingbird
-import HummingbirdWSCompression
-import HummingbirdWebSocket
+import HummingbirdCore
 import Logging
 import NIOCore
 import Prometheus
@@ -67,20 +66,19 @@ public struct Gateway: Sendable {
         router.middlewares.add(ErrorMiddleware())
         RESTController(runtime: runtime).register(on: router)
         OperationsController(runtime: runtime).register(on: router)
-        WebSocketController(runtime: runtime).register(on: router)
+        let webSocket = WebSocketController(runtime: runtime)
+        webSocket.register(on: router)
         WebAssetsController().register(on: router)
-        let limits = configuration.limits
-        let frameLimit = max(4 * limits.maxInboundFrameBytes, 1 << 20)
-        let ws = WebSocketServerConfiguration(
-            maxFrameSize: frameLimit,
-            extensions: [.perMessageDeflate(maxDecompressedFrameSize: frameLimit)],
-            autoPing: .enabled(timePeriod: .seconds(configuration.timing.heartbeatSeconds)),
-            closeTimeout: .seconds(5)
-        )
+        // Frames this large are refused by the decoder (1009); messages over the configured
+        // limit but within it get a 41300 error first.
+        let frameLimit = max(4 * configuration.limits.maxInboundFrameBytes, 1 << 20)
+        let server = HTTPServerBuilder { responder in
+            GatewayServerChannel(responder: responder, webSocket: webSocket, maxFrameSize: frameLimit)
+        }
         let port = boundPort
         return Application(
             router: router,
-            server: .http1WebSocketUpgrade(webSocketRouter: router, configuration: ws),
+            server: server,
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),
             onServerRunning: { channel in port.set(channel.localAddress?.port ?? 0) },
             logger: runtime.logger

@@ -1,28 +1,40 @@
 import Hummingbird
-import HummingbirdWebSocket
+import NIOCore
 import RealtimeCore
 
-/// `GET /v1/realtime/ws`: the upgrade and the session it starts.
+/// `GET /v1/realtime/ws`: the upgraded connections (``GatewayServerChannel`` performs the
+/// upgrade) and the answer to a plain GET.
 struct WebSocketController: Sendable {
     let runtime: GatewayRuntime
 
     func register(on router: Router<GatewayRequestContext>) {
-        // Refusals happen after the upgrade, as close codes a WebSocket client can act on
-        // (hummingbird-websocket answers an error thrown before the upgrade with a bare 400).
-        router.ws("v1/realtime/ws") { _, _ in
-            .upgrade([:])
-        } onUpgrade: { inbound, outbound, context in
-            if runtime.draining.load(ordering: .relaxed) {
-                try await outbound.close(.unknown(1012), reason: "node draining")
-                return
-            }
-            let session = WebSocketSession(runtime: runtime, channel: context.requestContext.channel)
-            guard runtime.registry.add(session, limit: runtime.configuration.limits.maxConnections) else {
-                try await outbound.close(.unknown(1013), reason: "connection limit")
-                return
-            }
-            defer { runtime.registry.remove(session) }
-            await session.run(inbound: inbound, outbound: outbound, queryToken: context.request.uri.queryParameters.get("token"))
+        router.get("v1/realtime/ws") { _, _ -> Response in
+            throw RealtimeError.badRequest("this endpoint takes a WebSocket upgrade (Upgrade: websocket)")
+        }
+    }
+
+    /// Starts the session of a just-upgraded connection, on its event loop. Refusals happen
+    /// after the upgrade, as close codes a WebSocket client can act on: 1012 while the node
+    /// drains, 1013 at the connection limit.
+    func accept(channel: any Channel, token: String?, compressed: Bool) throws {
+        let session = WebSocketSession(runtime: runtime, channel: channel)
+        let refusal: (code: UInt16, reason: String)?
+        if runtime.draining.load(ordering: .relaxed) {
+            refusal = (1012, "node draining")
+        } else if !runtime.registry.add(session, limit: runtime.configuration.limits.maxConnections) {
+            refusal = (1013, "connection limit")
+        } else {
+            refusal = nil
+        }
+        let connection = WebSocketConnection(session: session, registered: refusal == nil, inflater: compressed ? try PerMessageDeflate.Inflater() : nil)
+        let pipeline = channel.pipeline.syncOperations
+        // Closest to the socket, so its writes bypass the frame encoder above it.
+        try pipeline.addHandler(session.writer, position: .first)
+        try pipeline.addHandler(connection)
+        if let refusal {
+            session.closer.close(code: refusal.code, reason: refusal.reason)
+        } else {
+            connection.open(token: token)
         }
     }
 }

@@ -1,4 +1,3 @@
-import HummingbirdWebSocket
 import Logging
 import NIOCore
 import NIOWebSocket
@@ -83,53 +82,9 @@ final class WebSocketSession: SubscriberSink {
 
     // MARK: Lifecycle
 
-    /// Runs the connection until either side closes, then leaves presence and unsubscribes.
-    ///
-    /// As soon as a close is requested (by the peer, a slow-consumer overflow, expiry, revocation
-    /// or drain) the session leaves the hub, so nothing more is fanned out to it; the writer then
-    /// gets a bounded time to flush the close frame before the socket is closed under it.
-    func run(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, queryToken: String?) async {
-        runtime.metrics.connections.increment()
-        runtime.metrics.connectionsOpened.increment()
-        // Closest to the socket, so its writes bypass the frame encoder above it.
-        guard (try? await channel.pipeline.addHandler(writer, position: .first).get()) != nil else {
-            runtime.metrics.connections.decrement()
-            return
-        }
-        enum Side { case writer, reader }
-        await withTaskGroup(of: Side.self) { group in
-            group.addTask {
-                await self.closeWhenAsked(outbound)
-                return .writer
-            }
-            group.addTask {
-                await withTaskGroup(of: Void.self) { inner in
-                    inner.addTask { await self.readLoop(inbound, queryToken: queryToken) }
-                    inner.addTask { await self.expiryLoop() }
-                    inner.addTask { await self.closer.waitUntilClosing() }
-                    await inner.next()
-                    // Whatever ended first, the connection is closing now (this also releases the
-                    // closing watcher, which does not observe cancellation).
-                    self.closer.close(code: 1000, reason: "")
-                    inner.cancelAll()
-                }
-                return .reader
-            }
-            if await group.next() == .reader {
-                await cleanup()
-                let channel = self.channel
-                let forceClose = channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
-                _ = await group.next()
-                forceClose.cancel()
-            } else {
-                group.cancelAll()
-                _ = await group.next()
-            }
-        }
-        await cleanup()
-        runtime.metrics.connections.decrement()
-    }
-
+    /// Leaves every channel and presence set; runs once the connection is closing (its
+    /// ``WebSocketConnection`` starts it after any op in flight), so nothing more is fanned out
+    /// to it.
     func cleanup() async {
         let (subs, present) = state.withLock { s -> ([HubSubscription], Set<ChannelName>) in
             let subs = s.subscriptions.values.compactMap { slot -> HubSubscription? in
@@ -146,84 +101,32 @@ final class WebSocketSession: SubscriberSink {
         for channel in present { _ = try? await runtime.engine.leavePresence(channel, connectionID: connectionID) }
     }
 
-    /// Sends the close frame once a close is requested, after every frame written before it
-    /// (or at once, dropping them, for a slow consumer).
-    private func closeWhenAsked(_ outbound: WebSocketOutboundWriter) async {
-        await closer.waitUntilClosing()
-        guard let request = closer.request else { return }
-        let writer = self.writer
-        let loop = channel.eventLoop
-        try? await loop.flatSubmit { writer.finish(dropQueued: request.dropQueued, on: loop) }.get()
-        try? await outbound.close(request.code == 1000 ? .normalClosure : .unknown(request.code), reason: request.reason.isEmpty ? nil : request.reason)
-    }
-
-    private func readLoop(_ inbound: WebSocketInboundStream, queryToken: String?) async {
-        if let token = queryToken {
-            guard await authenticate(token: token, ref: nil, initial: true) else { return }
-        }
-        let limit = runtime.configuration.limits.maxInboundFrameBytes
-        var message: [UInt8] = []
-        do {
-            for try await frame in inbound {
-                switch frame.opcode {
-                case .text, .binary:
-                    message.removeAll(keepingCapacity: message.count < 65_536)
-                    message.append(contentsOf: frame.data.readableBytesView)
-                case .continuation:
-                    message.append(contentsOf: frame.data.readableBytesView)
-                default:
-                    continue
-                }
-                if message.count > limit {
-                    push(Self.error(RealtimeError.tooLarge("frame exceeds \(limit) bytes"), ref: nil))
-                    closer.close(code: 4009, reason: "message too big")
-                    return
-                }
-                guard frame.fin else { continue }
-                await handle(message)
-                if closer.isClosing { return }
-            }
-        } catch {
-            return
-        }
-    }
-
-    /// Pushes `token_expiring` before expiry and closes with 4001 at expiry (or when no `auth`
-    /// frame arrives in time).
-    private func expiryLoop() async {
-        let clock = runtime.clock
-        let authDeadline = clock.nowMilliseconds() + Int64(runtime.configuration.timing.authTimeoutSeconds) * 1000
+    /// Looks at the token's lifetime: pushes `token_expiring` before expiry, closes with 4001 at
+    /// expiry (or at `authDeadline` when no token arrived). Returns the milliseconds until the
+    /// next look is due, or nil once the connection is closing.
+    func checkExpiry(authDeadline: Int64) -> Int64? {
         let warning = Int64(runtime.configuration.timing.tokenExpiryWarningSeconds) * 1000
-        while !Task.isCancelled {
-            let now = clock.nowMilliseconds()
-            let wake: Int64
+        while true {
+            let now = runtime.clock.nowMilliseconds()
             switch state.withLock({ ($0.claims?.expiresAt, $0.warnedFor) }) {
             case (nil, _):
-                if now >= authDeadline {
-                    push(Self.error(.noCredentials("no auth frame within \(runtime.configuration.timing.authTimeoutSeconds) s"), ref: nil))
-                    closer.close(code: 4001, reason: "authentication timeout")
-                    return
-                }
-                // Authentication is about to happen on the reader; look again shortly.
-                wake = min(authDeadline, now + 50)
+                guard now >= authDeadline else { return authDeadline - now }
+                push(Self.error(.noCredentials("no auth frame within \(runtime.configuration.timing.authTimeoutSeconds) s"), ref: nil))
+                closer.close(code: 4001, reason: "authentication timeout")
+                return nil
             case (let exp?, let warned):
                 let expiresAt = exp * 1000
                 if now >= expiresAt {
                     push(Self.error(.tokenExpired(), ref: nil))
                     closer.close(code: 4001, reason: "token expired")
-                    return
+                    return nil
                 }
                 if warned != exp, now >= expiresAt - warning {
                     state.withLock { $0.warnedFor = exp }
                     push(Self.frame("token_expiring") { $0.key("expires_at"); $0.string(Timestamp.iso8601(milliseconds: expiresAt)) })
                     continue
                 }
-                wake = warned == exp ? expiresAt : expiresAt - warning
-            }
-            do {
-                try await Task.sleep(for: .milliseconds(max(wake - now, 1)))
-            } catch {
-                return
+                return (warned == exp ? expiresAt : expiresAt - warning) - now
             }
         }
     }
@@ -244,7 +147,7 @@ final class WebSocketSession: SubscriberSink {
             return false
         }
         let expiresAt = Timestamp.iso8601(milliseconds: claims.expiresAt * 1000)
-        // `connected` is queued before the claims are visible to the expiry loop, so it is
+        // `connected` is queued before the claims are visible to the expiry timer, so it is
         // always the first frame, ahead of any `token_expiring`.
         defer { state.withLock { $0.claims = claims } }
         if previous == nil {

@@ -72,7 +72,8 @@ import Testing
         bad.standardError = badErr
         bad.standardOutput = Pipe()
         try bad.run()
-        bad.waitUntilExit()
+        // Polls instead of blocking: a blocked thread here starves the other tests' clients.
+        while bad.isRunning { try await Task.sleep(for: .milliseconds(20)) }
         #expect(bad.terminationStatus != 0)
         #expect(String(decoding: badErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("REALTIME_PORT"))
 
@@ -82,15 +83,17 @@ import Testing
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("REALTIME_") }
         env["REALTIME_LOG_LEVEL"] = "error"
         process.environment = env
-        let out = Pipe()
-        process.standardOutput = out
+        let outPath = NSTemporaryDirectory() + "gateway-banner-\(UUID().uuidString)"
+        FileManager.default.createFile(atPath: outPath, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: outPath) }
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
         try process.run()
         defer { if process.isRunning { process.terminate() } }
         var banner = ""
         let deadline = ContinuousClock.now + .seconds(20)
         while !banner.contains("Bootstrap API key"), ContinuousClock.now < deadline {
-            let chunk = out.fileHandleForReading.availableData
-            banner += String(decoding: chunk, as: UTF8.self)
+            try await Task.sleep(for: .milliseconds(20))
+            banner = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
         }
         let url = try #require(banner.split(separator: " ").first { $0.hasPrefix("http://") }.map(String.init))
         let key = try #require(banner.split(whereSeparator: \.isWhitespace).last.map(String.init))

@@ -76,9 +76,10 @@ import Testing
     }
 
     /// A peer that vanishes without a close frame stops answering pings; within two heartbeats
-    /// its member leaves.
+    /// its member leaves. (2 s heartbeats: the watcher, a client in this busy test process, must
+    /// answer every ping within one.)
     @Test func vanishedPeerLeavesWithinTwoHeartbeats() async throws {
-        try await TestNode.with({ $0.timing.heartbeatSeconds = 1 }) { node in
+        try await TestNode.with({ $0.timing.heartbeatSeconds = 2 }) { node in
             let watcher = try await node.connect(try await node.token(client: "w"))
             _ = try await watcher.call("subscribe", #""channel":"ghost""#)
             let token = try await node.token(client: "ghost")
@@ -86,9 +87,9 @@ import Testing
             try await peer.sendText(#"{"op":"presence.enter","channel":"ghost"}"#)
             #expect(try await watcher.next(type: "presence_event")["action"].string == "enter")
             let start = ContinuousClock.now
-            let leave = try await watcher.next(type: "presence_event", timeout: .seconds(8))
+            let leave = try await watcher.next(type: "presence_event", timeout: .seconds(10))
             #expect(leave["action"].string == "leave" && leave["member"]["client_id"].string == "ghost")
-            #expect(ContinuousClock.now - start < .seconds(4))
+            #expect(ContinuousClock.now - start < .seconds(6))
             try await peer.close()
         }
     }

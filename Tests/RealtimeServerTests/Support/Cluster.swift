@@ -62,12 +62,13 @@ final class GatewayProcess: NodeAccess, @unchecked Sendable {
         p.waitUntilExit()
     }
 
-    /// SIGTERM and wait (bounded) for the graceful exit.
-    func terminate() {
+    /// SIGTERM and wait (bounded) for the graceful exit, without blocking a thread: the node's
+    /// drain waits for this process's clients to answer their close frames.
+    func terminate() async {
         guard let p = process, p.isRunning else { return }
         kill(p.processIdentifier, SIGTERM)
-        let deadline = Date().addingTimeInterval(15)
-        while p.isRunning, Date() < deadline { usleep(20_000) }
+        let deadline = ContinuousClock.now + .seconds(15)
+        while p.isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
         if p.isRunning { kill9() }
     }
 
@@ -97,11 +98,11 @@ struct Cluster {
             }
             try await body(Cluster(redis: redis, nodes: nodes))
         } catch {
-            for n in nodes { n.terminate() }
+            for n in nodes { await n.terminate() }
             redis.stop()
             throw error
         }
-        for n in nodes { n.terminate() }
+        for n in nodes { await n.terminate() }
         redis.stop()
     }
 }

@@ -113,7 +113,7 @@ extension NodeAccess {
         }
         let response = try await HTTPClient.shared.execute(request, timeout: .seconds(20))
         let bytes = try await response.body.collect(upTo: 64 << 20)
-        let json = bytes.readableBytes == 0 ? JSONValue.null : (try? JSONDecoder().decode(JSONValue.self, from: Data(buffer: bytes))) ?? .string(String(buffer: bytes))
+        let json = bytes.readableBytes == 0 ? JSONValue.null : JSONParser.parse(Array(bytes.readableBytesView)) ?? .string(String(buffer: bytes))
         return Reply(status: Int(response.status.code), json: json, headers: response.headers.map { ($0.name, $0.value) })
     }
 

@@ -58,7 +58,9 @@ final class TestSocket: Sendable {
                         while socket.paused.load(ordering: .relaxed) { try await Task.sleep(for: .milliseconds(10)) }
                         guard let message = try await iterator.next() else { break }
                         if case .text(let text) = message {
-                            let value = (try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))) ?? .string(text)
+                            // RealtimeCore's parser: JSONDecoder probes types by throwing, and Swift Testing
+                            // captures a backtrace per throw, which made floods of frames starve other tests.
+                            let value = JSONParser.parse(Array(text.utf8)) ?? .string(text)
                             socket.inbox.withLock { $0.frames.append(value) }
                         }
                     }
@@ -89,11 +91,11 @@ final class TestSocket: Sendable {
     func next(timeout: Duration = .seconds(10)) async throws -> JSONValue {
         let deadline = ContinuousClock.now + timeout
         while true {
-            let (frame, ended) = inbox.withLock { i -> (JSONValue?, Bool) in
-                i.frames.isEmpty ? (nil, i.ended) : (i.frames.removeFirst(), false)
+            let (frame, ended, code) = inbox.withLock { i -> (JSONValue?, Bool, Int?) in
+                i.frames.isEmpty ? (nil, i.ended, i.closeCode) : (i.frames.removeFirst(), false, nil)
             }
             if let frame { return frame }
-            if ended { throw Timeout(what: "a frame (connection closed)") }
+            if ended { throw Timeout(what: "a frame (connection closed, code \(code.map(String.init) ?? "none"))") }
             guard ContinuousClock.now < deadline else {
                 throw Timeout(what: "a frame (upgraded: \(inbox.withLock { $0.upgraded }))")
             }

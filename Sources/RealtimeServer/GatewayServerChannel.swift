@@ -1,0 +1,119 @@
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+import NIOWebSocket
+
+/// The server's child channel: HTTP/1.1 requests go to Hummingbird's router; an upgrade on
+/// `GET /v1/realtime/ws` becomes a WebSocket connection run by NIO handlers
+/// (``WebSocketConnection``), so an idle connection holds no task, only its channel.
+struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
+    enum Negotiated: Sendable {
+        case http(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+        case refusedUpgrade(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+        /// Upgraded: the channel now belongs to its ``WebSocketConnection``.
+        case webSocket
+    }
+
+    struct Value: ServerChildChannelValue {
+        let negotiated: EventLoopFuture<Negotiated>
+        let channel: any Channel
+    }
+
+    static let webSocketPath = "/v1/realtime/ws"
+
+    let responder: HTTPChannelHandler.Responder
+    let webSocket: WebSocketController
+    /// The largest frame the decoder accepts; larger ones are refused with 1009.
+    let maxFrameSize: Int
+
+    init(responder: @escaping HTTPChannelHandler.Responder, webSocket: WebSocketController, maxFrameSize: Int) {
+        self.responder = Self.redirectingLateUpgrades(responder)
+        self.webSocket = webSocket
+        self.maxFrameSize = maxFrameSize
+    }
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture {
+            let attempted = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
+            let webSocket = self.webSocket
+            let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
+                maxFrameSize: maxFrameSize,
+                shouldUpgrade: { channel, head in
+                    attempted.value = true
+                    guard head.method == .GET, URI(head.uri).path == Self.webSocketPath else {
+                        return channel.eventLoop.makeSucceededFuture(nil)
+                    }
+                    var headers = HTTPHeaders()
+                    if let accepted = PerMessageDeflate.negotiate(head.headers["Sec-WebSocket-Extensions"]) {
+                        headers.add(name: "Sec-WebSocket-Extensions", value: accepted)
+                    }
+                    return channel.eventLoop.makeSucceededFuture(headers)
+                },
+                upgradePipelineHandler: { channel, head in
+                    channel.eventLoop.makeCompletedFuture {
+                        try webSocket.accept(
+                            channel: channel, token: URI(head.uri).queryParameters.get("token"),
+                            compressed: PerMessageDeflate.negotiate(head.headers["Sec-WebSocket-Extensions"]) != nil)
+                        return .webSocket
+                    }
+                }
+            )
+            let notUpgraded = NIOTypedHTTPServerUpgradeConfiguration<Negotiated>(
+                upgraders: [upgrader],
+                notUpgradingCompletionHandler: { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let sync = channel.pipeline.syncOperations
+                        try sync.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
+                        let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
+                            wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+                        return attempted.value ? .refusedUpgrade(asyncChannel) : .http(asyncChannel)
+                    }
+                }
+            )
+            var configuration = NIOUpgradableHTTPServerPipelineConfiguration<Negotiated>(upgradeConfiguration: notUpgraded)
+            configuration.enablePipelining = false  // NIOAsyncChannel serialises requests
+            configuration.enableErrorHandling = false  // Hummingbird answers parse errors
+            configuration.enableResponseHeaderValidation = false  // HTTPTypes validated them
+            let negotiated = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
+            return Value(negotiated: negotiated, channel: channel)
+        }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        do {
+            switch try await value.negotiated.get() {
+            case .http(let http):
+                await handleHTTP(asyncChannel: http, logger: logger)
+            case .refusedUpgrade(let http):
+                try await http.executeThenClose { _, outbound in
+                    let head = HTTPResponse(status: .badRequest, headerFields: [.connection: "close", .contentLength: "0"])
+                    try await outbound.write(contentsOf: [.head(head), .end(nil)])
+                }
+            case .webSocket:
+                return
+            }
+        } catch {
+            logger.debug("connection ended during negotiation", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// NIO upgrades only on a connection's first request; a WebSocket upgrade arriving later on
+    /// a kept-alive connection is redirected to the same URL on a new connection.
+    static func redirectingLateUpgrades(_ responder: @escaping HTTPChannelHandler.Responder) -> HTTPChannelHandler.Responder {
+        struct CloseAfterRedirect: Error {}
+        return { request, writer, channel in
+            guard request.headers[.upgrade]?.lowercased() == "websocket" else {
+                return try await responder(request, writer, channel)
+            }
+            let location = request.uri.path + (request.uri.query.map { "?" + $0 } ?? "")
+            try await writer.writeResponse(HTTPResponse(status: .temporaryRedirect, headerFields: [.connection: "close", .location: location]))
+            throw CloseAfterRedirect()
+        }
+    }
+}

@@ -1,0 +1,374 @@
+import DequeModule
+import NIOCore
+import NIOWebSocket
+import RealtimeCore
+
+/// A WebSocket connection on its event loop, under its ``WebSocketSession``: reads frames
+/// (inflating compressed ones) into whole messages, answers pings, sends heartbeats, runs the
+/// token-expiry timer and the close handshake. Messages go, in order, to a task that exists only
+/// while there are some to handle, so an idle connection holds no task, only this handler,
+/// its session and the channel.
+///
+/// Every method runs on the channel's event loop, except ``process(_:)``, the task's body,
+/// which touches this handler's state only through ``next()`` (a hop to the loop).
+final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private enum Work {
+        case authenticate(token: String)
+        case message([UInt8])
+
+        var bytes: Int {
+            switch self {
+            case .authenticate(let token): token.utf8.count
+            case .message(let bytes): bytes.count
+            }
+        }
+    }
+
+    let session: WebSocketSession
+    /// In the registry (false for connections refused at the limit or while draining).
+    private let registered: Bool
+    private let loop: any EventLoop
+    private let inflater: PerMessageDeflate.Inflater?
+    private let limit: Int
+    private let authDeadline: Int64
+    private var context: ChannelHandlerContext?
+
+    // Inbound: the fragmented message being assembled, then whole messages for the task.
+    private var assembling: [UInt8] = []
+    private var assemblingFragments = false
+    private var assemblingCompressed = false
+    private var work = Deque<Work>()
+    private var workBytes = 0
+    private var processing = false
+    /// A read the pipeline asked for while the task had too much queued.
+    private var heldRead = false
+
+    // Timers.
+    private var heartbeat: RepeatedTask?
+    private var awaitingPong = false
+    private var expiry: Scheduled<Void>?
+    /// The token expiry the expiry timer was last computed for.
+    private var expiryComputedFor: Int64?
+
+    // Closing.
+    private var closeStarted = false
+    /// Close right after our close frame instead of waiting for the peer's (it already sent
+    /// one, or broke the protocol, or stopped answering pings).
+    private var closeWithoutHandshake = false
+    private var peerClosed = false
+    private var closeSent = false
+    private var closeTimer: Scheduled<Void>?
+    private var inactive = false
+    private var cleanupStarted = false
+    private var cleanedUp = false
+    private var finished = false
+
+    init(session: WebSocketSession, registered: Bool, inflater: PerMessageDeflate.Inflater?) {
+        self.session = session
+        self.registered = registered
+        self.loop = session.loop
+        self.inflater = inflater
+        let runtime = session.runtime
+        self.limit = runtime.configuration.limits.maxInboundFrameBytes
+        self.authDeadline = runtime.clock.nowMilliseconds() + Int64(runtime.configuration.timing.authTimeoutSeconds) * 1000
+    }
+
+    private var runtime: GatewayRuntime { session.runtime }
+
+    /// Too much handed to the task and not yet handled: stop reading until it catches up.
+    private var readsPaused: Bool { work.count >= 16 || workBytes >= 4 * limit }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        // A peer gone during the upgrade never sends channelInactive through this handler.
+        if !context.channel.isActive { inactive = true }
+        let loop = self.loop
+        session.closer.onClose { [weak self] request in
+            guard let connection = self else { return }
+            loop.execute { connection.beginClose(request) }
+        }
+        if inactive { session.closer.close(code: 1006, reason: "", dropQueued: true) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    /// Starts heartbeats and the authentication deadline, and authenticates a query token.
+    func open(token: String?) {
+        runtime.metrics.connections.increment()
+        runtime.metrics.connectionsOpened.increment()
+        let period = TimeAmount.seconds(Int64(runtime.configuration.timing.heartbeatSeconds))
+        heartbeat = loop.scheduleRepeatedTask(initialDelay: period, delay: period) { [weak self] _ in self?.beat() }
+        scheduleExpiry()
+        if let token { enqueue(.authenticate(token: token)) }
+    }
+
+    // MARK: Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.opcode {
+        case .text, .binary, .continuation:
+            receivedData(frame)
+        case .ping:
+            guard !closeStarted else { return }
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+        case .pong:
+            awaitingPong = false
+        case .connectionClose:
+            receivedClose(frame)
+        default:
+            failProtocol("unknown opcode")
+        }
+    }
+
+    private func receivedData(_ frame: WebSocketFrame) {
+        guard !closeStarted else { return }
+        if frame.rsv2 || frame.rsv3 || (frame.rsv1 && (inflater == nil || frame.opcode == .continuation)) {
+            return failProtocol("reserved bit set")
+        }
+        if frame.opcode == .continuation {
+            guard assemblingFragments else { return failProtocol("continuation frame without a message") }
+        } else {
+            guard !assemblingFragments else { return failProtocol("new message inside a fragmented one") }
+            assemblingCompressed = frame.rsv1
+        }
+        var payload = frame.unmaskedData
+        if assemblingCompressed, let inflater {
+            do {
+                payload = try inflater.inflate(payload, final: frame.fin, budget: limit - assembling.count)
+            } catch .tooLarge {
+                return messageTooLarge()
+            } catch {
+                closeWithoutHandshake = true
+                session.closer.close(code: 1007, reason: "invalid compressed data", dropQueued: true)
+                return
+            }
+        }
+        guard assembling.count + payload.readableBytes <= limit else { return messageTooLarge() }
+        if frame.fin, !assemblingFragments {
+            enqueue(.message(Array(payload.readableBytesView)))
+            return
+        }
+        assembling.append(contentsOf: payload.readableBytesView)
+        assemblingFragments = !frame.fin
+        if frame.fin {
+            let message = assembling
+            assembling = []
+            enqueue(.message(message))
+        }
+    }
+
+    private func messageTooLarge() {
+        session.push(WebSocketSession.error(RealtimeError.tooLarge("frame exceeds \(limit) bytes"), ref: nil))
+        session.closer.close(code: 4009, reason: "message too big")
+    }
+
+    private func failProtocol(_ reason: String) {
+        closeWithoutHandshake = true
+        session.closer.close(code: 1002, reason: reason, dropQueued: true)
+    }
+
+    private func receivedClose(_ frame: WebSocketFrame) {
+        if closeSent {
+            // The answer to our close frame.
+            context?.close(promise: nil)
+            return
+        }
+        peerClosed = true
+        var data = frame.unmaskedData
+        // Answer with a normal closure, unless the peer's close frame is malformed or carries
+        // a code no peer may send.
+        let reply: UInt16
+        switch data.readableBytes {
+        case 0: reply = 1000
+        case 1: reply = 1002
+        default: reply = data.readInteger(as: UInt16.self).map(Self.peerMaySend) == true ? 1000 : 1002
+        }
+        session.closer.close(code: reply, reason: "", dropQueued: true)
+    }
+
+    private static func peerMaySend(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1011, 3000...4999: true
+        default: false
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if readsPaused, !closeStarted {
+            heldRead = true
+        } else {
+            context.read()
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            session.closer.close(code: 1012, reason: "node draining")
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        inactive = true
+        closeTimer?.cancel()
+        stopTimers()
+        session.closer.close(code: 1006, reason: "", dropQueued: true)
+        finishIfDone()
+        context.fireChannelInactive()
+    }
+
+    // MARK: The task
+
+    private func enqueue(_ item: Work) {
+        guard !processing else {
+            work.append(item)
+            workBytes += item.bytes
+            return
+        }
+        processing = true
+        Task { await self.process(item) }
+    }
+
+    /// Handles messages in arrival order, one at a time, until none is left.
+    private func process(_ first: Work) async {
+        var item: Work? = first
+        while let current = item {
+            switch current {
+            case .authenticate(let token):
+                _ = await session.authenticate(token: token, ref: nil, initial: true)
+            case .message(let bytes):
+                await session.handle(bytes)
+            }
+            item = await next()
+        }
+    }
+
+    private func next() async -> Work? {
+        try? await loop.submit { self.dequeue() }.get()
+    }
+
+    private func dequeue() -> Work? {
+        if session.claims?.expiresAt != expiryComputedFor { scheduleExpiry() }
+        guard !closeStarted, !session.closer.isClosing, let item = work.popFirst() else {
+            processing = false
+            if closeStarted { startCleanup() }
+            return nil
+        }
+        workBytes -= item.bytes
+        if heldRead, !readsPaused {
+            heldRead = false
+            context?.read()
+        }
+        return item
+    }
+
+    // MARK: Timers
+
+    private func beat() {
+        guard !closeStarted, let context else { return }
+        if awaitingPong {
+            closeWithoutHandshake = true
+            session.closer.close(code: 1001, reason: "ping timeout", dropQueued: true)
+            return
+        }
+        awaitingPong = true
+        var data = context.channel.allocator.buffer(capacity: 8)
+        data.writeInteger(UInt64.random(in: 0...UInt64.max))
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: data)), promise: nil)
+    }
+
+    /// Looks at the token's lifetime now (pushing `token_expiring` or closing as due) and sets
+    /// the timer for the next look.
+    private func scheduleExpiry() {
+        expiry?.cancel()
+        expiry = nil
+        expiryComputedFor = session.claims?.expiresAt
+        guard !closeStarted, let delay = session.checkExpiry(authDeadline: authDeadline) else { return }
+        expiry = loop.scheduleTask(in: .milliseconds(max(delay, 1))) { [weak self] in self?.scheduleExpiry() }
+    }
+
+    private func stopTimers() {
+        heartbeat?.cancel()
+        heartbeat = nil
+        expiry?.cancel()
+        expiry = nil
+    }
+
+    // MARK: Closing
+
+    /// Runs once per connection, for the first close request from anywhere: the session leaves
+    /// the hub at once (after an op in flight), queued frames are flushed (or dropped), then the
+    /// close frame goes out. The socket is closed when the peer answers it, 5 s after it was
+    /// written, or, for a peer that does not read it at all, after a heartbeat period (the time
+    /// such a peer would be given before it counted as gone).
+    private func beginClose(_ request: CloseLatch.Request) {
+        guard !closeStarted else { return }
+        closeStarted = true
+        stopTimers()
+        work.removeAll()
+        workBytes = 0
+        assembling = []
+        if !processing { startCleanup() }
+        guard !inactive, let context else { return }
+        if heldRead {
+            heldRead = false
+            context.read()
+        }
+        let bound = TimeAmount.seconds(Int64(max(runtime.configuration.timing.heartbeatSeconds, 5)))
+        closeTimer = loop.scheduleTask(in: bound) { [weak self] in self?.context?.close(promise: nil) }
+        let frame = Self.closeFrame(request, allocator: context.channel.allocator)
+        session.writer.finish(dropQueued: request.dropQueued || closeWithoutHandshake || peerClosed, on: loop).whenComplete { [self] _ in
+            guard !inactive, let context = self.context else { return }
+            closeSent = true
+            context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { [self] _ in
+                guard !inactive else { return }
+                if closeWithoutHandshake || peerClosed {
+                    self.context?.close(promise: nil)
+                    return
+                }
+                closeTimer?.cancel()
+                closeTimer = loop.scheduleTask(in: .seconds(5)) { [weak self] in self?.context?.close(promise: nil) }
+            }
+        }
+    }
+
+    private static func closeFrame(_ request: CloseLatch.Request, allocator: ByteBufferAllocator) -> WebSocketFrame {
+        var data = allocator.buffer(capacity: 2 + request.reason.utf8.count)
+        data.writeInteger(request.code)
+        data.writeString(String(request.reason.utf8.prefix(123)) ?? "")
+        return WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
+    }
+
+    private func startCleanup() {
+        guard !cleanupStarted else { return }
+        cleanupStarted = true
+        Task {
+            await self.session.cleanup()
+            self.loop.execute {
+                self.cleanedUp = true
+                self.finishIfDone()
+            }
+        }
+    }
+
+    private func finishIfDone() {
+        guard cleanedUp, inactive, !finished else { return }
+        finished = true
+        if registered {
+            runtime.registry.remove(session)
+            runtime.metrics.connections.decrement()
+        }
+    }
+}
