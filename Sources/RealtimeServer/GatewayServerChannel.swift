@@ -25,6 +25,7 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     static let webSocketPath = "/v1/realtime/ws"
+    static let receiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
 
     let responder: HTTPChannelHandler.Responder
     let webSocket: WebSocketController
@@ -39,6 +40,9 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
+            // The channel keeps its receive buffer between reads; NIO's default starts it at
+            // 2 KiB, a quarter of an idle WebSocket's budget. Reads that fill it grow it.
+            try channel.syncOptions?.setOption(ChannelOptions.recvAllocator, value: Self.receiveBuffers)
             let attempted = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
             let webSocket = self.webSocket
             let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(

@@ -47,11 +47,14 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// A read the pipeline asked for while the task had too much queued.
     private var heldRead = false
 
-    // Timers.
-    private var heartbeat: RepeatedTask?
+    // One timer per connection, for whichever is due first: the next heartbeat or the next look
+    // at the token's lifetime.
+    private var timer: Scheduled<Void>?
+    private var timerDeadline: NIODeadline?
+    private var nextBeat = NIODeadline.distantFuture
+    private var nextExpiryCheck: NIODeadline?
     private var awaitingPong = false
-    private var expiry: Scheduled<Void>?
-    /// The token expiry the expiry timer was last computed for.
+    /// The token expiry the next expiry check was computed for.
     private var expiryComputedFor: Int64?
 
     // Closing.
@@ -102,8 +105,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     func open(token: String?) {
         runtime.metrics.connections.increment()
         runtime.metrics.connectionsOpened.increment()
-        let period = TimeAmount.seconds(Int64(runtime.configuration.timing.heartbeatSeconds))
-        heartbeat = loop.scheduleRepeatedTask(initialDelay: period, delay: period) { [weak self] _ in self?.beat() }
+        nextBeat = .now() + heartbeatPeriod
         scheduleExpiry()
         if let token { enqueue(.authenticate(token: token)) }
     }
@@ -138,10 +140,10 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
             guard !assemblingFragments else { return failProtocol("new message inside a fragmented one") }
             assemblingCompressed = frame.rsv1
         }
-        var payload = frame.unmaskedData
+        var payload: [UInt8]
         if assemblingCompressed, let inflater {
             do {
-                payload = try inflater.inflate(payload, final: frame.fin, budget: limit - assembling.count)
+                payload = Array(try inflater.inflate(frame.unmaskedData, final: frame.fin, budget: limit - assembling.count).readableBytesView)
             } catch .tooLarge {
                 return messageTooLarge()
             } catch {
@@ -149,19 +151,32 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
                 session.closer.close(code: 1007, reason: "invalid compressed data", dropQueued: true)
                 return
             }
+        } else {
+            payload = Self.unmaskedBytes(frame)
         }
-        guard assembling.count + payload.readableBytes <= limit else { return messageTooLarge() }
+        guard assembling.count + payload.count <= limit else { return messageTooLarge() }
         if frame.fin, !assemblingFragments {
-            enqueue(.message(Array(payload.readableBytesView)))
+            enqueue(.message(payload))
             return
         }
-        assembling.append(contentsOf: payload.readableBytesView)
+        assembling.append(contentsOf: payload)
         assemblingFragments = !frame.fin
         if frame.fin {
             let message = assembling
             assembling = []
             enqueue(.message(message))
         }
+    }
+
+    /// The payload, unmasked while copied out of the read buffer (`unmaskedData` would first
+    /// copy the read buffer's whole storage).
+    private static func unmaskedBytes(_ frame: WebSocketFrame) -> [UInt8] {
+        var bytes = Array(frame.data.readableBytesView)
+        guard let key = frame.maskKey else { return bytes }
+        bytes.withUnsafeMutableBufferPointer { buffer in
+            for i in buffer.indices { buffer[i] ^= key[i & 3] }
+        }
+        return bytes
     }
 
     private func messageTooLarge() {
@@ -276,6 +291,33 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     // MARK: Timers
 
+    private var heartbeatPeriod: TimeAmount { .seconds(Int64(runtime.configuration.timing.heartbeatSeconds)) }
+
+    /// Sets the timer for the earliest thing due, unless it is already set for it.
+    private func armTimer() {
+        let deadline = min(nextBeat, nextExpiryCheck ?? .distantFuture)
+        guard !closeStarted, deadline != .distantFuture else { return stopTimers() }
+        guard deadline != timerDeadline else { return }
+        timer?.cancel()
+        timerDeadline = deadline
+        timer = loop.scheduleTask(deadline: deadline) { [weak self] in self?.timerFired() }
+    }
+
+    private func timerFired() {
+        timer = nil
+        timerDeadline = nil
+        let now = NIODeadline.now()
+        if now >= nextBeat {
+            nextBeat = now + heartbeatPeriod
+            beat()
+        }
+        if let check = nextExpiryCheck, now >= check {
+            scheduleExpiry()
+        } else {
+            armTimer()
+        }
+    }
+
     private func beat() {
         guard !closeStarted, let context else { return }
         if awaitingPong {
@@ -292,18 +334,18 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// Looks at the token's lifetime now (pushing `token_expiring` or closing as due) and sets
     /// the timer for the next look.
     private func scheduleExpiry() {
-        expiry?.cancel()
-        expiry = nil
         expiryComputedFor = session.claims?.expiresAt
-        guard !closeStarted, let delay = session.checkExpiry(authDeadline: authDeadline) else { return }
-        expiry = loop.scheduleTask(in: .milliseconds(max(delay, 1))) { [weak self] in self?.scheduleExpiry() }
+        nextExpiryCheck = nil
+        if !closeStarted, let delay = session.checkExpiry(authDeadline: authDeadline) {
+            nextExpiryCheck = .now() + .milliseconds(max(delay, 1))
+        }
+        armTimer()
     }
 
     private func stopTimers() {
-        heartbeat?.cancel()
-        heartbeat = nil
-        expiry?.cancel()
-        expiry = nil
+        timer?.cancel()
+        timer = nil
+        timerDeadline = nil
     }
 
     // MARK: Closing

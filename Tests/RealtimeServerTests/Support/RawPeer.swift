@@ -42,7 +42,29 @@ struct RawPeer {
         try await channel.writeAndFlush(frame).get()
     }
 
+    /// Sends one frame, masked with a non-zero key as a browser would.
+    func sendFrame(opcode: UInt8, fin: Bool = true, rsv: UInt8 = 0, payload: [UInt8]) async throws {
+        precondition(payload.count < 126)
+        let mask: [UInt8] = [0x37, 0xFA, 0x21, 0x3D]
+        var frame = ByteBuffer()
+        frame.writeInteger((fin ? 0x80 : 0) | (rsv << 4) | opcode)
+        frame.writeInteger(UInt8(0x80 | payload.count))
+        frame.writeBytes(mask)
+        frame.writeBytes(payload.enumerated().map { $0.element ^ mask[$0.offset & 3] })
+        try await channel.writeAndFlush(frame).get()
+    }
+
     func close() async throws { try? await channel.close().get() }
+
+    /// Waits (up to `timeout`) for a server frame with `opcode`; returns its payload.
+    func frame(opcode: UInt8, timeout: Duration = .seconds(10)) async throws -> [UInt8]? {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let found = Self.frames(received.bytes.withLock { $0 }).first(where: { $0.opcode == opcode }) { return found.payload }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        return nil
+    }
 
     /// What the server sent after the handshake: text frames and the close code, once the server
     /// has sent a close frame (waits up to `timeout`).
@@ -66,12 +88,23 @@ struct RawPeer {
     }
 
     static func parse(_ bytes: [UInt8]) -> (texts: [String], closeCode: Int?) {
-        // Skip the HTTP response head.
+        var texts: [String] = []
+        for frame in frames(bytes) {
+            if frame.opcode == 1 { texts.append(String(decoding: frame.payload, as: UTF8.self)) }
+            if frame.opcode == 8 {
+                return (texts, frame.payload.count >= 2 ? Int(frame.payload[0]) << 8 | Int(frame.payload[1]) : 1005)
+            }
+        }
+        return (texts, nil)
+    }
+
+    /// The complete server frames after the HTTP response head.
+    static func frames(_ bytes: [UInt8]) -> [(opcode: UInt8, payload: [UInt8])] {
         guard let headEnd = (0..<max(bytes.count - 3, 0)).first(where: { bytes[$0] == 13 && bytes[$0 + 1] == 10 && bytes[$0 + 2] == 13 && bytes[$0 + 3] == 10 }) else {
-            return ([], nil)
+            return []
         }
         var i = headEnd + 4
-        var texts: [String] = []
+        var frames: [(opcode: UInt8, payload: [UInt8])] = []
         while i + 2 <= bytes.count {
             let opcode = bytes[i] & 0x0F
             var length = Int(bytes[i + 1] & 0x7F)
@@ -86,11 +119,9 @@ struct RawPeer {
                 offset += 8
             }
             guard offset + length <= bytes.count else { break }
-            let payload = Array(bytes[offset..<(offset + length)])
-            if opcode == 1 { texts.append(String(decoding: payload, as: UTF8.self)) }
-            if opcode == 8 { return (texts, payload.count >= 2 ? Int(payload[0]) << 8 | Int(payload[1]) : 1005) }
+            frames.append((opcode, Array(bytes[offset..<(offset + length)])))
             i = offset + length
         }
-        return (texts, nil)
+        return frames
     }
 }

@@ -1,0 +1,89 @@
+@testable import RealtimeServer
+import Testing
+
+/// RFC 6455 framing as the gateway's own WebSocket handler implements it: control frames,
+/// fragmentation, protocol violations, the close handshake and permessage-deflate negotiation.
+@Suite struct WebSocketFramingTests {
+    @Test func pingsAreAnsweredAndFragmentedMessagesAreAssembled() async throws {
+        try await TestNode.with { node in
+            let peer = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token()))
+            #expect(try await peer.firstText()?.contains("\"connected\"") == true)
+            try await peer.sendFrame(opcode: 0x9, payload: Array("are you there".utf8))
+            #expect(try await peer.frame(opcode: 0xA) == Array("are you there".utf8))
+            // One op in three frames, with a ping between the fragments (allowed by RFC 6455).
+            let op = Array(#"{"op":"ping","ref":"fragmented"}"#.utf8)
+            try await peer.sendFrame(opcode: 0x1, fin: false, payload: Array(op[0..<10]))
+            try await peer.sendFrame(opcode: 0x0, fin: false, payload: Array(op[10..<20]))
+            try await peer.sendFrame(opcode: 0x9, payload: [1, 2, 3])
+            try await peer.sendFrame(opcode: 0x0, fin: true, payload: Array(op[20...]))
+            try await node.eventually("the fragmented op is answered") {
+                RawPeer.parse(peer.received.bytes.withLock { $0 }).texts.contains { $0.contains("\"ref\":\"fragmented\"") }
+            }
+            try await peer.close()
+        }
+    }
+
+    @Test(arguments: [
+        ("reserved bit without an extension", UInt8(0x1), true, UInt8(0b010)),
+        ("continuation without a message", UInt8(0x0), true, UInt8(0)),
+        ("unknown opcode", UInt8(0x3), true, UInt8(0)),
+    ])
+    func protocolViolationsCloseWith1002AndTheNodeKeepsServing(_ what: String, opcode: UInt8, fin: Bool, rsv: UInt8) async throws {
+        try await TestNode.with { node in
+            let peer = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token()))
+            #expect(try await peer.firstText()?.contains("\"connected\"") == true)
+            try await peer.sendFrame(opcode: opcode, fin: fin, rsv: rsv, payload: Array(#"{"op":"ping"}"#.utf8))
+            #expect(try await peer.framesUntilClose().closeCode == 1002, "\(what)")
+            let fine = try await node.connect(try await node.token())
+            #expect(try await fine.call("ping")["type"].string == "pong")
+        }
+    }
+
+    @Test func aNewMessageInsideAFragmentedOneIsAProtocolError() async throws {
+        try await TestNode.with { node in
+            let peer = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token()))
+            #expect(try await peer.firstText()?.contains("\"connected\"") == true)
+            try await peer.sendFrame(opcode: 0x1, fin: false, payload: Array(#"{"op":"#.utf8))
+            try await peer.sendFrame(opcode: 0x1, fin: true, payload: Array(#"{"op":"ping"}"#.utf8))
+            #expect(try await peer.framesUntilClose().closeCode == 1002)
+        }
+    }
+
+    @Test func aClientsCloseIsAnsweredAndItsMembersLeave() async throws {
+        try await TestNode.with { node in
+            let watcher = try await node.connect(try await node.token(client: "w"))
+            _ = try await watcher.call("subscribe", #""channel":"room""#)
+            let peer = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token(client: "leaver")))
+            try await peer.sendText(#"{"op":"presence.enter","channel":"room"}"#)
+            #expect(try await watcher.next(type: "presence_event")["action"].string == "enter")
+            try await peer.sendFrame(opcode: 0x8, payload: [0x0F, 0xA0] + Array("bye".utf8))  // 4000
+            #expect(try await peer.framesUntilClose().closeCode == 1000)
+            #expect(try await watcher.next(type: "presence_event")["action"].string == "leave")
+            // A close code no peer may send (1005 is reserved for "no code") is answered with 1002.
+            let rude = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token()))
+            try await rude.sendFrame(opcode: 0x8, payload: [0x03, 0xED])
+            #expect(try await rude.framesUntilClose().closeCode == 1002)
+        }
+    }
+
+    @Test func aPlainGetOnTheWebSocketPathIsABadRequest() async throws {
+        try await TestNode.with { node in
+            let reply = try await node.rest(.GET, "/v1/realtime/ws")
+            #expect(reply.status == 400 && reply.json["error"]["code"].int == 40000)
+        }
+    }
+
+    @Test func permessageDeflateOffersAreAnsweredOrDeclined() {
+        #expect(PerMessageDeflate.negotiate(["permessage-deflate; client_max_window_bits"]) == "permessage-deflate")
+        #expect(
+            PerMessageDeflate.negotiate(["permessage-deflate; server_no_context_takeover; server_max_window_bits=10"])
+                == "permessage-deflate; server_no_context_takeover; server_max_window_bits=10")
+        #expect(PerMessageDeflate.negotiate(["x-webkit-deflate-frame"]) == nil)
+        #expect(PerMessageDeflate.negotiate([]) == nil)
+        // An offer with an unknown or invalid parameter is declined; the next acceptable one wins.
+        #expect(PerMessageDeflate.negotiate(["permessage-deflate; mystery=1, permessage-deflate; client_no_context_takeover"])
+            == "permessage-deflate; client_no_context_takeover")
+        #expect(PerMessageDeflate.negotiate(["permessage-deflate; server_max_window_bits=20"]) == nil)
+        #expect(PerMessageDeflate.negotiate(["permessage-deflate; server_no_context_takeover; server_no_context_takeover"]) == nil)
+    }
+}
