@@ -234,8 +234,12 @@ def targets(rows):
 
 
 def main():
-    path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "bench", "results", "latest.jsonl")
+    args = [a for a in sys.argv[1:] if a != "--targets-only"]
+    path = args[0] if args else os.path.join(ROOT, "bench", "results", "latest.jsonl")
     rows = load(path)
+    if "--targets-only" in sys.argv:
+        print(targets(rows))
+        return
     outdir = os.path.join(ROOT, "docs", "bench")
     os.makedirs(outdir, exist_ok=True)
     parts = ["### Targets", "", targets(rows), ""]
