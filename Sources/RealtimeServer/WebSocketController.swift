@@ -26,15 +26,20 @@ struct WebSocketController: Sendable {
         } else {
             refusal = nil
         }
-        let connection = WebSocketConnection(session: session, registered: refusal == nil, inflater: compressed ? try PerMessageDeflate.Inflater() : nil)
-        let pipeline = channel.pipeline.syncOperations
-        // Closest to the socket, so its writes bypass the frame encoder above it.
-        try pipeline.addHandler(session.writer, position: .first)
-        try pipeline.addHandler(connection)
-        if let refusal {
-            session.closer.close(code: refusal.code, reason: refusal.reason)
-        } else {
-            connection.open(token: token)
+        do {
+            let connection = WebSocketConnection(session: session, registered: refusal == nil, inflater: compressed ? try PerMessageDeflate.Inflater() : nil)
+            let pipeline = channel.pipeline.syncOperations
+            // Closest to the socket, so its writes bypass the frame encoder above it.
+            try pipeline.addHandler(session.writer, position: .first)
+            try pipeline.addHandler(connection)
+            if let refusal {
+                session.closer.close(code: refusal.code, reason: refusal.reason)
+            } else {
+                connection.open(token: token)
+            }
+        } catch {
+            if refusal == nil { runtime.registry.remove(session) }
+            throw error
         }
     }
 }
