@@ -39,6 +39,4 @@ final class CloseLatch: Sendable {
     }
 
     var isClosing: Bool { state.withLock { $0.request != nil } }
-
-    var request: Request? { state.withLock { $0.request } }
 }

@@ -44,6 +44,8 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
             // 2 KiB, a quarter of an idle WebSocket's budget. Reads that fill it grow it.
             try channel.syncOptions?.setOption(ChannelOptions.recvAllocator, value: Self.receiveBuffers)
             let attempted = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
+            // Negotiated in `shouldUpgrade`, used once the pipeline is upgraded.
+            let compressed = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
             let webSocket = self.webSocket
             let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
                 maxFrameSize: maxFrameSize,
@@ -55,14 +57,13 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                     var headers = HTTPHeaders()
                     if let accepted = PerMessageDeflate.negotiate(head.headers["Sec-WebSocket-Extensions"]) {
                         headers.add(name: "Sec-WebSocket-Extensions", value: accepted)
+                        compressed.value = true
                     }
                     return channel.eventLoop.makeSucceededFuture(headers)
                 },
                 upgradePipelineHandler: { channel, head in
                     channel.eventLoop.makeCompletedFuture {
-                        try webSocket.accept(
-                            channel: channel, token: URI(head.uri).queryParameters.get("token"),
-                            compressed: PerMessageDeflate.negotiate(head.headers["Sec-WebSocket-Extensions"]) != nil)
+                        try webSocket.accept(channel: channel, token: URI(head.uri).queryParameters.get("token"), compressed: compressed.value)
                         return .webSocket
                     }
                 }

@@ -1,4 +1,5 @@
 import CompressNIO
+import Foundation
 import NIOCore
 
 /// `permessage-deflate` (RFC 7692), receive side only: the server accepts compressed frames from
@@ -13,16 +14,16 @@ enum PerMessageDeflate {
     /// values, or nil when the client offers none we accept.
     static func negotiate(_ headerValues: [String]) -> String? {
         for offer in headerValues.flatMap({ $0.split(separator: ",") }) {
-            var parts = offer.split(separator: ";").map { $0.trimmingASCIISpaces() }
+            var parts = offer.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
             guard parts.first == name else { continue }
             parts.removeFirst()
             var response = name
             var seen: Set<String> = []
             var acceptable = true
             for parameter in parts {
-                let pair = parameter.split(separator: "=", maxSplits: 1).map { $0.trimmingASCIISpaces() }
+                let pair = parameter.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
                 let key = pair[0]
-                let value = pair.count > 1 ? pair[1].trimmingQuotes() : nil
+                let value = pair.count > 1 ? pair[1].trimmingCharacters(in: CharacterSet(charactersIn: "\"")) : nil
                 guard seen.insert(key).inserted else { acceptable = false; break }
                 switch key {
                 case "server_no_context_takeover", "client_no_context_takeover":
@@ -68,17 +69,5 @@ enum PerMessageDeflate {
                 throw .corrupt
             }
         }
-    }
-}
-
-extension Substring {
-    fileprivate func trimmingASCIISpaces() -> String {
-        String(self.drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
-    }
-}
-
-extension String {
-    fileprivate func trimmingQuotes() -> String {
-        count >= 2 && hasPrefix("\"") && hasSuffix("\"") ? String(dropFirst().dropLast()) : self
     }
 }

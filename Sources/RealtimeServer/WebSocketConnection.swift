@@ -62,7 +62,6 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// Close right after our close frame instead of waiting for the peer's (it already sent
     /// one, or broke the protocol, or stopped answering pings).
     private var closeWithoutHandshake = false
-    private var peerClosed = false
     private var closeSent = false
     private var closeTimer: Scheduled<Void>?
     private var inactive = false
@@ -195,7 +194,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
             context?.close(promise: nil)
             return
         }
-        peerClosed = true
+        closeWithoutHandshake = true
         var data = frame.unmaskedData
         // Answer with a normal closure, unless the peer's close frame is malformed or carries
         // a code no peer may send.
@@ -371,12 +370,12 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
         let bound = TimeAmount.seconds(Int64(max(runtime.configuration.timing.heartbeatSeconds, 5)))
         closeTimer = loop.scheduleTask(in: bound) { [weak self] in self?.context?.close(promise: nil) }
         let frame = Self.closeFrame(request, allocator: context.channel.allocator)
-        session.writer.finish(dropQueued: request.dropQueued || closeWithoutHandshake || peerClosed, on: loop).whenComplete { [self] _ in
+        session.writer.finish(dropQueued: request.dropQueued || closeWithoutHandshake, on: loop).whenComplete { [self] _ in
             guard !inactive, let context = self.context else { return }
             closeSent = true
             context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { [self] _ in
                 guard !inactive else { return }
-                if closeWithoutHandshake || peerClosed {
+                if closeWithoutHandshake {
                     self.context?.close(promise: nil)
                     return
                 }

@@ -12,7 +12,6 @@ final class WebSocketSession: SubscriberSink {
     let runtime: GatewayRuntime
     let closer = CloseLatch()
     let writer: FrameWriter
-    let channel: any Channel
     let loop: any EventLoop
     let state = Mutex(State())
 
@@ -34,7 +33,6 @@ final class WebSocketSession: SubscriberSink {
     init(runtime: GatewayRuntime, channel: any Channel) {
         self.connectionID = "conn_" + RandomID.hex(bytes: 12)
         self.runtime = runtime
-        self.channel = channel
         self.loop = channel.eventLoop
         self.writer = FrameWriter(limit: runtime.configuration.limits.outboundQueueFrames)
     }
@@ -183,7 +181,6 @@ final class WebSocketSession: SubscriberSink {
     /// Sends a reply or notice, in order with every other frame to this client.
     func push(_ text: String) {
         let frame = WireFrame(text: text)
-        let loop = channel.eventLoop
         if loop.inEventLoop {
             _ = write(frame)
             flush()
