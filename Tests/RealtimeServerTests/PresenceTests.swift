@@ -90,6 +90,7 @@ import Testing
             let leave = try await watcher.next(type: "presence_event", timeout: .seconds(10))
             #expect(leave["action"].string == "leave" && leave["member"]["client_id"].string == "ghost")
             #expect(ContinuousClock.now - start < .seconds(6))
+            #expect(try await peer.framesUntilClose().closeCode == 1001, "closed for missing the ping")
             try await peer.close()
         }
     }

@@ -1,4 +1,5 @@
 @testable import RealtimeServer
+import RealtimeCore
 import Testing
 
 /// RFC 6455 framing as the gateway's own WebSocket handler implements it: control frames,
@@ -63,6 +64,44 @@ import Testing
             let rude = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token()))
             try await rude.sendFrame(opcode: 0x8, payload: [0x03, 0xED])
             #expect(try await rude.framesUntilClose().closeCode == 1002)
+        }
+    }
+
+    @Test func aBurstOfOpsIsAnsweredInOrderThroughReadPauses() async throws {
+        try await TestNode.with { node in
+            let peer = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token()))
+            #expect(try await peer.firstText()?.contains("\"connected\"") == true)
+            // In one write: reads deliver far more than the 16 waiting messages at which the
+            // connection stops reading, so it must resume reading as the ops are answered.
+            try await peer.sendTexts((0..<2000).map { #"{"op":"ping","ref":\#($0)}"# })
+            try await node.eventually("2000 pongs") {
+                RawPeer.parse(peer.received.bytes.withLock { $0 }).texts.filter { $0.contains("pong") }.count == 2000
+            }
+            let refs = RawPeer.parse(peer.received.bytes.withLock { $0 }).texts.compactMap { JSONParser.parse(Array($0.utf8))?["ref"].int }
+            #expect(refs == Array(0..<2000))
+            try await peer.close()
+        }
+    }
+
+    @Test func compressedDataThatDoesNotInflateClosesWith1007() async throws {
+        try await TestNode.with { node in
+            let path = "/v1/realtime/ws?token=" + (try await node.token())
+            let peer = try await RawPeer.connect(port: node.port, path: path, extensions: "permessage-deflate")
+            #expect(try await peer.firstText()?.contains("\"connected\"") == true)
+            #expect(String(decoding: peer.received.bytes.withLock { $0 }, as: UTF8.self).lowercased().contains("sec-websocket-extensions: permessage-deflate"))
+            // A deflate block of the reserved type 3.
+            try await peer.sendFrame(opcode: 0x1, rsv: 0b100, payload: [0xFF, 0xFF, 0xFF, 0xFF])
+            #expect(try await peer.framesUntilClose().closeCode == 1007)
+        }
+    }
+
+    @Test func aCompressedMessageOverTheLimitClosesWith4009() async throws {
+        try await TestNode.with({ $0.limits.maxMessageBytes = 1024 }) { node in
+            let socket = try await node.connect(try await node.token(), compression: true)
+            #expect(try await socket.call("ping")["type"].string == "pong")
+            // Inflates to 200 KB; compressed it is a few hundred bytes.
+            socket.send(String(repeating: "x", count: 200_000))
+            #expect(try await socket.closeCode() == 4009)
         }
     }
 

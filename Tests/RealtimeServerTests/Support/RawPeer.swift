@@ -20,26 +20,34 @@ struct RawPeer {
         func channelInactive(context: ChannelHandlerContext) { closed.store(true, ordering: .relaxed) }
     }
 
-    static func connect(port: Int, path: String) async throws -> RawPeer {
+    /// Opens the connection and sends the upgrade request (offering `extensions`, if any),
+    /// without waiting for the answer.
+    static func connect(port: Int, path: String, extensions: String? = nil) async throws -> RawPeer {
         let collector = Collector()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) } }
             .connect(host: "127.0.0.1", port: port).get()
         let request = "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            + (extensions.map { "Sec-WebSocket-Extensions: \($0)\r\n" } ?? "") + "\r\n"
         try await channel.writeAndFlush(ByteBuffer(string: request)).get()
         return RawPeer(channel: channel, received: collector)
     }
 
-    func sendText(_ text: String) async throws {
-        let payload = Array(text.utf8)
-        precondition(payload.count < 126)
-        var frame = ByteBuffer()
-        frame.writeInteger(UInt8(0x81))
-        frame.writeInteger(UInt8(0x80 | payload.count))
-        frame.writeBytes([0, 0, 0, 0])  // a zero mask leaves the payload as is
-        frame.writeBytes(payload)
-        try await channel.writeAndFlush(frame).get()
+    func sendText(_ text: String) async throws { try await sendTexts([text]) }
+
+    /// Sends text frames in one write, so they reach the server together.
+    func sendTexts(_ texts: [String]) async throws {
+        var frames = ByteBuffer()
+        for text in texts {
+            let payload = Array(text.utf8)
+            precondition(payload.count < 126)
+            frames.writeInteger(UInt8(0x81))
+            frames.writeInteger(UInt8(0x80 | payload.count))
+            frames.writeBytes([0, 0, 0, 0])  // a zero mask leaves the payload as is
+            frames.writeBytes(payload)
+        }
+        try await channel.writeAndFlush(frames).get()
     }
 
     /// Sends one frame, masked with a non-zero key as a browser would.
