@@ -40,4 +40,9 @@ public struct RealtimeError: Error, Sendable, Equatable, CustomStringConvertible
     public static func engineUnavailable(_ message: String = "engine unavailable; nothing was published, retry later") -> Self {
         .init(code: 50300, message: message)
     }
+    /// A write was sent to the engine and not answered in time: it may or may not have been
+    /// applied. Retrying with the same idempotency key is safe.
+    public static func outcomeUnknown(_ message: String = "outcome unknown: the engine did not answer in time; retry with the same idempotency_key") -> Self {
+        .init(code: 50400, message: message)
+    }
 }

@@ -3,10 +3,10 @@ import NIOCore
 import RealtimeCore
 import RedisClient
 
-extension RedisEngine {
-    public func createChannel(_ settings: ChannelSettings) async throws -> (settings: ChannelSettings, created: Bool) {
+extension RedisEngine: ChannelStore {
+    public func create(_ settings: ChannelSettings) async throws -> (settings: ChannelSettings, created: Bool) {
         let c = settings.name
-        let reply = try await call {
+        let reply = try await call(write: true) {
             try await redis.evaluate(
                 RedisScripts.createChannel, keys: [keys.meta(c)],
                 arguments: [settings.type.rawValue, String(settings.historySize), String(settings.historyTTLSeconds), String(settings.createdAt)]
@@ -26,7 +26,7 @@ extension RedisEngine {
         return (stored, true)
     }
 
-    public func channelSettings(_ name: ChannelName) async throws -> ChannelSettings {
+    public func settings(_ name: ChannelName) async throws -> ChannelSettings {
         let reply = try await call {
             try await redis.send(["HMGET", keys.meta(name), "type", "history_size", "history_ttl_seconds", "created_at", "first_used"])
         }
@@ -41,21 +41,21 @@ extension RedisEngine {
             createdAt: firstUse ?? clock.nowMilliseconds(), explicit: false)
     }
 
-    public func listChannels(limit: Int, after cursor: ChannelName?) async throws -> (channels: [ChannelSettings], hasMore: Bool) {
+    public func list(limit: Int, after cursor: ChannelName?) async throws -> (channels: [ChannelSettings], hasMore: Bool) {
         let reply = try await call {
             try await redis.send(["ZRANGEBYLEX", keys.channels, cursor.map { "(" + $0.rawValue } ?? "-", "+", "LIMIT", "0", String(max(limit, 0) + 1)])
         }
         let names = (reply.array ?? []).compactMap(\.string).map { ChannelName(trusted: $0) }
         var page: [ChannelSettings] = []
-        for name in names.prefix(limit) { page.append(try await channelSettings(name)) }
+        for name in names.prefix(limit) { page.append(try await settings(name)) }
         return (page, names.count > limit)
     }
 
-    public func deleteChannel(_ name: ChannelName) async throws -> Bool {
+    public func delete(_ name: ChannelName) async throws -> Bool {
         let known = try await call { try await redis.send(["ZSCORE", keys.channels, name.rawValue]) }
         let meta = try await call { try await redis.send(["EXISTS", keys.meta(name)]) }
         guard !known.isNull || meta.int == 1 else { return false }
-        _ = try await call {
+        _ = try await call(write: true) {
             try await redis.evaluate(
                 RedisScripts.deleteChannel,
                 keys: [keys.presence(name), keys.presenceExpiry(name), keys.stream(name), keys.meta(name), keys.subscriberCounts(name)],
@@ -76,7 +76,7 @@ extension RedisEngine {
         return true
     }
 
-    public func channelStats(_ name: ChannelName) async throws -> ChannelStats {
+    public func stats(_ name: ChannelName) async throws -> ChannelStats {
         let now = clock.nowMilliseconds()
         let counts = try await call { try await redis.send(["HGETALL", keys.subscriberCounts(name)]) }
         let live = try await call { try await redis.send(["ZRANGEBYSCORE", keys.nodes, String(now - Self.nodeStaleMilliseconds), "+inf"]) }
@@ -88,25 +88,32 @@ extension RedisEngine {
             if let node = pairs[i].string, liveNodes.contains(node) { subscribers += Int(pairs[i + 1].int ?? 0) }
             i += 2
         }
-        let present = try await call { try await redis.send(["ZCOUNT", keys.presenceExpiry(name), "(\(now)", "+inf"]) }
+        let present = try await call { try await redis.evaluate(RedisScripts.members, keys: [keys.presence(name), keys.presenceExpiry(name)], arguments: [ByteBuffer(string: presenceNow)]) }
         let newest = try await call { try await redis.send(["XREVRANGE", keys.stream(name), "+", "-", "COUNT", "1"]) }
         let last = newest.array?.first?.array?.first?.string.flatMap { MessageID($0) }
-        return ChannelStats(subscribers: subscribers, presenceMembers: Int(present.int ?? 0), lastMessageID: last)
+        return ChannelStats(subscribers: subscribers, presenceMembers: present.array?.count ?? 0, lastMessageID: last)
     }
 
-    public func reportLocalSubscribers(_ channel: ChannelName, count: Int) async {
-        if count > 0 {
-            _ = try? await redis.send(["HSET", keys.subscriberCounts(channel), nodeID, String(count)])
-        } else {
-            _ = try? await redis.send(["HDEL", keys.subscriberCounts(channel), nodeID])
+    public func reportLocalSubscribers(_ channel: ChannelName, count: Int) async throws {
+        try await call(write: true) {
+            if count > 0 {
+                _ = try await redis.send(["HSET", keys.subscriberCounts(channel), nodeID, String(count)])
+            } else {
+                _ = try await redis.send(["HDEL", keys.subscriberCounts(channel), nodeID])
+            }
         }
     }
 
-    // MARK: Keys
+    /// Marks this node alive for cluster-wide live figures.
+    public func upkeep() async {
+        _ = try? await redis.send(["ZADD", keys.nodes, String(clock.nowMilliseconds()), nodeID])
+    }
+}
 
-    public func storeKey(_ record: APIKeyRecord) async throws {
+extension RedisEngine: KeyStore {
+    public func store(_ record: APIKeyRecord) async throws {
         let json = String(decoding: try JSONEncoder().encode(record), as: UTF8.self)
-        _ = try await call { try await redis.send(["HSET", keys.keys, record.keyID, json]) }
+        _ = try await call(write: true) { try await redis.send(["HSET", keys.keys, record.keyID, json]) }
         keyCache.withLock { _ = $0.removeValue(forKey: record.keyID) }
     }
 
@@ -122,19 +129,19 @@ extension RedisEngine {
         return record
     }
 
-    public func listKeys() async throws -> [APIKeyRecord] {
+    public func list() async throws -> [APIKeyRecord] {
         let reply = try await call { try await redis.send(["HVALS", keys.keys]) }
         return (reply.array ?? []).compactMap { $0.string.flatMap { try? JSONDecoder().decode(APIKeyRecord.self, from: Data($0.utf8)) } }
             .filter { !$0.revoked }
             .sorted { ($0.createdAt, $0.keyID) < ($1.createdAt, $1.keyID) }
     }
 
-    public func revokeKey(id: String) async throws -> Bool {
+    public func revoke(id: String) async throws -> Bool {
         keyCache.withLock { _ = $0.removeValue(forKey: id) }
         guard var record = try await key(id: id), !record.revoked else { return false }
         record.revoked = true
-        try await storeKey(record)
-        _ = try await call { try await redis.send(["PUBLISH", keys.control, "k\n" + id]) }
+        try await store(record)
+        _ = try await call(write: true) { try await redis.send(["PUBLISH", keys.control, "k\n" + id]) }
         return true
     }
 }

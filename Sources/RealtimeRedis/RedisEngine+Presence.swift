@@ -2,19 +2,20 @@ import NIOCore
 import RealtimeCore
 import RedisClient
 
-extension RedisEngine {
-    public func enterPresence(_ channel: ChannelName, member: PresenceMember) async throws -> PresenceEvent.Action {
+extension RedisEngine: PresenceStore {
+    var presenceTTLMilliseconds: String { String(Int64(configuration.presenceTTLSeconds).multipliedReportingOverflow(by: 1000).partialValue) }
+
+    public func enter(_ channel: ChannelName, member: PresenceMember) async throws -> PresenceEvent.Action {
         var member = member
         // An update keeps the original entry time.
         let existing = try await call { try await redis.send(["HGET", keys.presence(channel), member.connectionID]) }
         if case .bulkString(let json) = existing, let previous = RedisWire.decodeMember(json) {
             member.enteredAt = previous.enteredAt
         }
-        let expiry = clock.nowMilliseconds() + Int64(configuration.presenceTTLSeconds) * 1000
-        let existed = try await call {
+        let existed = try await call(write: true) {
             try await redis.evaluate(
                 RedisScripts.enter, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
-                arguments: [member.connectionID, member.json, String(expiry), keys.pubsub(channel)].map { ByteBuffer(string: $0) })
+                arguments: [member.connectionID, member.json, presenceTTLMilliseconds, keys.pubsub(channel), presenceNow].map { ByteBuffer(string: $0) })
         }
         if existed.int == 0 {
             _ = try? await redis.send(["SADD", keys.presenceChannels, channel.rawValue])
@@ -24,8 +25,8 @@ extension RedisEngine {
         return existed.int == 1 ? .update : .enter
     }
 
-    public func leavePresence(_ channel: ChannelName, connectionID: String) async throws -> Bool {
-        let left = try await call {
+    public func leave(_ channel: ChannelName, connectionID: String) async throws -> Bool {
+        let left = try await call(write: true) {
             try await redis.evaluate(
                 RedisScripts.leave, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
                 arguments: [connectionID, keys.pubsub(channel)].map { ByteBuffer(string: $0) })
@@ -33,11 +34,11 @@ extension RedisEngine {
         return left.int == 1
     }
 
-    public func presenceMembers(_ channel: ChannelName) async throws -> [PresenceMember] {
+    public func members(_ channel: ChannelName) async throws -> [PresenceMember] {
         let reply = try await call {
             try await redis.evaluate(
                 RedisScripts.members, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
-                arguments: [ByteBuffer(string: String(clock.nowMilliseconds()))])
+                arguments: [ByteBuffer(string: presenceNow)])
         }
         let members = (reply.array ?? []).compactMap { value -> PresenceMember? in
             guard case .bulkString(let json) = value else { return nil }
@@ -46,29 +47,39 @@ extension RedisEngine {
         return members.sorted { ($0.enteredAt, $0.connectionID) < ($1.enteredAt, $1.connectionID) }
     }
 
-    public func refreshPresence(_ members: [(channel: ChannelName, connectionID: String)]) async throws {
-        let expiry = String(clock.nowMilliseconds() + Int64(configuration.presenceTTLSeconds) * 1000)
-        try await call {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for (channel, connectionID) in members {
-                    group.addTask { _ = try await self.redis.send(["ZADD", self.keys.presenceExpiry(channel), "XX", expiry, connectionID]) }
+    public func refresh(_ members: [(channel: ChannelName, member: PresenceMember)]) async throws -> [PresenceEvent] {
+        let byChannel = Dictionary(grouping: members, by: \.channel)
+        let now = presenceNow
+        return try await call(write: true) {
+            try await withThrowingTaskGroup(of: [PresenceEvent].self) { group in
+                for (channel, entries) in byChannel {
+                    group.addTask {
+                        var arguments = [self.presenceTTLMilliseconds, self.keys.pubsub(channel), now]
+                        for entry in entries { arguments += [entry.member.connectionID, entry.member.json] }
+                        let reply = try await self.redis.evaluate(
+                            RedisScripts.refresh, keys: [self.keys.presence(channel), self.keys.presenceExpiry(channel)],
+                            arguments: arguments.map { ByteBuffer(string: $0) })
+                        // Keep the channel findable by every node's sweeper.
+                        _ = try await self.redis.send(["SADD", self.keys.presenceChannels, channel.rawValue])
+                        let entered = Set((reply.array ?? []).compactMap(\.string))
+                        return entries.filter { entered.contains($0.member.connectionID) }
+                            .map { PresenceEvent(channel: channel, action: .enter, member: $0.member) }
+                    }
                 }
-                // Keep the channels findable by every node's sweeper.
-                for channel in Set(members.map(\.channel)) {
-                    group.addTask { _ = try await self.redis.send(["SADD", self.keys.presenceChannels, channel.rawValue]) }
-                }
-                try await group.waitForAll()
+                var all: [PresenceEvent] = []
+                for try await events in group { all += events }
+                return all
             }
         }
     }
 
-    public func sweepExpiredPresence() async throws -> Int {
-        let now = String(clock.nowMilliseconds())
+    public func sweep() async throws -> Int {
+        let now = presenceNow
         let channels = try await call { try await redis.send(["SMEMBERS", keys.presenceChannels]) }
         var removed = 0
         for name in (channels.array ?? []).compactMap(\.string) {
             let channel = ChannelName(trusted: name)
-            let reply = try await call {
+            let reply = try await call(write: true) {
                 try await redis.evaluate(
                     RedisScripts.sweep, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
                     arguments: [now, keys.pubsub(channel)].map { ByteBuffer(string: $0) })

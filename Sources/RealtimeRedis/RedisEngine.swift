@@ -6,37 +6,26 @@ import RedisClient
 import Synchronization
 
 /// The clustered engine: Redis streams hold history, pub/sub carries events between nodes,
-/// hashes with an expiry sorted set hold presence (docs/redis-keys.md).
-///
-/// A node subscribes in Redis only to channels it has local subscribers for. It remembers the
-/// last message id it delivered per channel; when its pub/sub connection comes back after a
-/// drop, it reads what it missed from the stream before delivering new messages, so a Redis
-/// or network blip costs no messages that Redis still holds.
-public final class RedisEngine: Engine {
+/// hashes with an expiry sorted set hold presence (docs/redis-keys.md). One object implements
+/// the four parts of ``Engine`` over one command client and one pub/sub connection; it keeps
+/// only Redis mechanics: which channels are subscribed, the key schema and the scripts. The
+/// node's hub owns counts, merges and the last delivered id.
+public final class RedisEngine: Sendable {
     public let configuration: EngineConfiguration
     let redis: RedisCommandClient
     let subscriber: RedisSubscriber
     let keys: RedisKeys
     let nodeID: String
+    /// Nil in production: presence expiry then runs on Redis `TIME`, one clock for the whole
+    /// cluster. Tests inject a clock they can move.
+    let presenceClock: (any RealtimeClock)?
     let clock: any RealtimeClock
     let logger: Logger
-    let dispatch = Mutex(Dispatch())
+    let handler = Mutex<(@Sendable (EngineEvent) -> Void)?>(nil)
+    /// Readiness probes this node sent and has not seen come back yet (bounded: one per probe
+    /// in flight; other nodes' probes are ignored).
+    let probes = Mutex<[String: Bool]>([:])
     let keyCache = Mutex<[String: (record: APIKeyRecord?, fetchedAt: Int64)]>([:])
-
-    struct Track {
-        var count = 1
-        /// The last message id delivered (or, before any, the stream's last id at attach).
-        var lastSeen = MessageID.zero
-        /// Events held while missed messages are read after a reconnect.
-        var catchingUp = false
-        var buffer: [EngineEvent] = []
-    }
-
-    struct Dispatch {
-        var handler: (@Sendable (EngineEvent) -> Void)?
-        var tracks: [ChannelName: Track] = [:]
-        var probes: Set<String> = []
-    }
 
     /// How long a node trusts a cached API key record; revocations also clear it at once.
     static let keyCacheMilliseconds: Int64 = 2000
@@ -45,7 +34,8 @@ public final class RedisEngine: Engine {
 
     public init(
         url: String, configuration: EngineConfiguration, keyPrefix: String = "rt", nodeID: String,
-        clock: any RealtimeClock = SystemClock(), logger: Logger = Logger(label: "realtime.redis")
+        clock: any RealtimeClock = SystemClock(), presenceClock: (any RealtimeClock)? = nil,
+        logger: Logger = Logger(label: "realtime.redis")
     ) throws {
         let redisConfig = try RedisConfiguration(url: url)
         self.configuration = configuration
@@ -54,57 +44,32 @@ public final class RedisEngine: Engine {
         self.keys = RedisKeys(prefix: keyPrefix)
         self.nodeID = nodeID
         self.clock = clock
+        self.presenceClock = presenceClock
         self.logger = logger
     }
 
-    // MARK: Running
-
-    public func run(delivering handler: @escaping @Sendable (EngineEvent) -> Void) async throws {
-        dispatch.withLock { $0.handler = handler }
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                await self.subscriber.run(
-                    onMessage: { [weak self] channel, payload in self?.received(channel, payload) },
-                    beforeResubscribe: { [weak self] channels in self?.holdForCatchUp(channels) },
-                    onReconnect: { [weak self] channels in await self?.catchUp(channels) })
-            }
-            group.addTask {
-                // Node-wide events; retried until the connection is up.
-                while !Task.isCancelled {
-                    if (try? await self.subscriber.subscribe(self.keys.control, wait: .seconds(5))) != nil { break }
-                }
-            }
-            group.addTask { await self.periodic() }
-            // Everything above runs until the task is cancelled.
-            await group.waitForAll()
-        }
-        _ = try? await redis.send(["ZREM", keys.nodes, nodeID])
-        dispatch.withLock { $0.handler = nil }
-        redis.close()
+    /// The four parts of the engine, all served by this object.
+    public var engine: Engine {
+        Engine(configuration: configuration, broker: self, presence: self, channels: self, keys: self)
     }
 
-    /// Node heartbeat and the presence sweep, once a second.
-    func periodic() async {
-        var tick = 0
-        while !Task.isCancelled {
-            if tick % 2 == 0 { _ = try? await redis.send(["ZADD", keys.nodes, String(clock.nowMilliseconds()), nodeID]) }
-            _ = try? await sweepExpiredPresence()
-            tick += 1
-            try? await Task.sleep(for: .seconds(1))
-        }
-    }
-
-    /// Maps client errors to the contract: unreachable -> 50300, anything else -> 50000.
-    func call<T>(_ body: () async throws -> T) async throws -> T {
+    /// Maps client errors to the contract: not sent -> 50300; sent and unanswered -> 50400 for
+    /// a write (it may have been applied), 50300 for a read; an error reply -> 50000.
+    func call<T>(write: Bool = false, _ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
         } catch let error as RedisError {
             switch error {
             case .server(let message): throw RealtimeError.internal("redis: \(message)")
+            case .timeout, .connectionLost:
+                throw write ? RealtimeError.outcomeUnknown() : RealtimeError.engineUnavailable("engine did not answer in time; retry later")
             default: throw RealtimeError.engineUnavailable()
             }
         }
     }
+
+    /// `now` for presence scripts: empty means "use Redis TIME".
+    var presenceNow: String { presenceClock.map { String($0.nowMilliseconds()) } ?? "" }
 
     // MARK: Events
 
@@ -114,23 +79,7 @@ public final class RedisEngine: Engine {
             return
         }
         guard let channel = keys.channel(fromPubsub: pubsubChannel), let event = RedisWire.decode(payload, channel: channel) else { return }
-        dispatch.withLock { d in
-            guard d.tracks[channel] != nil else { return }
-            if d.tracks[channel]!.catchingUp {
-                d.tracks[channel]!.buffer.append(event)
-                return
-            }
-            Self.deliver(event, &d, channel)
-        }
-    }
-
-    /// Delivers in order, once: messages at or below the last delivered id are dropped.
-    static func deliver(_ event: EngineEvent, _ d: inout Dispatch, _ channel: ChannelName) {
-        if case .message(let m) = event {
-            guard m.id > d.tracks[channel]!.lastSeen else { return }
-            d.tracks[channel]!.lastSeen = m.id
-        }
-        d.handler?(event)
+        handler.withLock { $0 }?(event)
     }
 
     func receivedControl(_ payload: ByteBuffer) {
@@ -138,101 +87,63 @@ public final class RedisEngine: Engine {
         if text.hasPrefix("k\n") {
             let keyID = String(text.dropFirst(2))
             keyCache.withLock { _ = $0.removeValue(forKey: keyID) }
-            let handler = dispatch.withLock { $0.handler }
-            handler?(.keyRevoked(keyID: keyID))
+            handler.withLock { $0 }?(.keyRevoked(keyID: keyID))
         } else if text.hasPrefix("r\n") {
-            dispatch.withLock { _ = $0.probes.insert(String(text.dropFirst(2))) }
+            let nonce = String(text.dropFirst(2))
+            probes.withLock { p in if p[nonce] != nil { p[nonce] = true } }
         }
     }
+}
 
-    func holdForCatchUp(_ pubsubChannels: [String]) {
-        dispatch.withLock { d in
-            for name in pubsubChannels {
-                guard let c = keys.channel(fromPubsub: name), d.tracks[c] != nil else { continue }
-                d.tracks[c]!.catchingUp = true
+extension RedisEngine: Broker {
+    public func run(delivering handler: @escaping @Sendable (EngineEvent) -> Void) async throws {
+        self.handler.withLock { $0 = handler }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await self.subscriber.run(
+                    onMessage: { [weak self] channel, payload in self?.received(channel, payload) },
+                    onInterrupted: { handler(.interrupted) },
+                    onRestored: { handler(.restored) })
             }
+            group.addTask {
+                // Node-wide events; retried until the connection is up.
+                while !Task.isCancelled {
+                    if (try? await self.subscriber.subscribe(self.keys.control, wait: .seconds(5))) != nil { break }
+                }
+            }
+            await group.waitForAll()
         }
+        _ = try? await redis.send(["ZREM", keys.nodes, nodeID])
+        self.handler.withLock { $0 = nil }
+        redis.close()
     }
 
-    /// After a reconnect: delivers what each channel missed from its stream, then what arrived
-    /// meanwhile, and resumes live delivery.
-    func catchUp(_ pubsubChannels: [String]) async {
-        for name in pubsubChannels {
-            guard let channel = keys.channel(fromPubsub: name) else { continue }
-            guard let since = dispatch.withLock({ $0.tracks[channel]?.lastSeen }) else { continue }
-            var missed: [Message] = []
-            if let reply = try? await redis.send(["XRANGE", keys.stream(channel), "(\(since)", "+"]), let entries = reply.array {
-                missed = entries.compactMap { RedisWire.message(fromEntry: $0, channel: channel) }
-            } else {
-                logger.warning("could not read missed messages after reconnect", metadata: ["channel": "\(channel)"])
-            }
-            dispatch.withLock { d in
-                guard d.tracks[channel] != nil else { return }
-                for m in missed { Self.deliver(.message(m), &d, channel) }
-                let held = d.tracks[channel]!.buffer
-                d.tracks[channel]!.buffer = []
-                d.tracks[channel]!.catchingUp = false
-                for e in held { Self.deliver(e, &d, channel) }
-            }
-        }
-    }
-
-    public func attach(_ channel: ChannelName) async throws {
-        let first = dispatch.withLock { d -> Bool in
-            if d.tracks[channel] != nil {
-                d.tracks[channel]!.count += 1
-                return false
-            }
-            // Hold events until the position is known.
-            d.tracks[channel] = Track(count: 1, lastSeen: .zero, catchingUp: true)
-            return true
-        }
-        guard first else { return }
+    public func subscribe(_ channel: ChannelName) async throws {
         do {
-            let position = try await lastID(channel)
             try await subscriber.subscribe(keys.pubsub(channel))
-            dispatch.withLock { d in
-                guard d.tracks[channel] != nil else { return }
-                d.tracks[channel]!.lastSeen = position
-                let held = d.tracks[channel]!.buffer
-                d.tracks[channel]!.buffer = []
-                d.tracks[channel]!.catchingUp = false
-                for e in held { Self.deliver(e, &d, channel) }
-            }
         } catch {
-            dispatch.withLock { _ = $0.tracks.removeValue(forKey: channel) }
             throw RealtimeError.engineUnavailable("cannot subscribe to the channel's events")
         }
     }
 
-    public func detach(_ channel: ChannelName) async {
-        let last = dispatch.withLock { d -> Bool in
-            guard let t = d.tracks[channel] else { return false }
-            if t.count > 1 {
-                d.tracks[channel]!.count -= 1
-                return false
-            }
-            d.tracks[channel] = nil
-            return true
+    public func unsubscribe(_ channel: ChannelName) async {
+        await subscriber.unsubscribe(keys.pubsub(channel))
+    }
+
+    public func position(_ channel: ChannelName) async throws -> MessageID {
+        try await call {
+            let newest = try await redis.send(["XREVRANGE", keys.stream(channel), "+", "-", "COUNT", "1"])
+            if let entry = newest.array?.first, let id = entry.array?.first?.string.flatMap({ MessageID($0) }) { return id }
+            let recorded = try await redis.send(["HGET", keys.meta(channel), "last_id"])
+            return recorded.string.flatMap { MessageID($0) } ?? .zero
         }
-        if last { await subscriber.unsubscribe(keys.pubsub(channel)) }
     }
-
-    /// The stream's last id (or the recorded last id once the stream expired).
-    func lastID(_ channel: ChannelName) async throws -> MessageID {
-        let newest = try await redis.send(["XREVRANGE", keys.stream(channel), "+", "-", "COUNT", "1"])
-        if let entry = newest.array?.first, let id = entry.array?.first?.string.flatMap({ MessageID($0) }) { return id }
-        let recorded = try await redis.send(["HGET", keys.meta(channel), "last_id"])
-        return recorded.string.flatMap { MessageID($0) } ?? .zero
-    }
-
-    // MARK: Publish and history
 
     public func publish(_ request: PublishRequest) async throws -> PublishOutcome {
         let c = request.channel
         let defaults = configuration.channelDefaults
-        let window = request.idempotencyKey == nil ? "" : String(configuration.idempotencyWindowSeconds * 1000)
-        let reply = try await call {
+        let window = request.idempotencyKey == nil ? "" : String(Int64(configuration.idempotencyWindowSeconds).multipliedReportingOverflow(by: 1000).partialValue)
+        let reply = try await call(write: true) {
             try await redis.evaluate(
                 RedisScripts.publish,
                 keys: [keys.stream(c), request.idempotencyKey.map { keys.idempotency(c, $0) } ?? keys.stream(c), keys.meta(c)],
@@ -261,24 +172,29 @@ public final class RedisEngine: Engine {
         return HistoryPage(messages: Array(messages.prefix(query.limit)), hasMore: messages.count > query.limit)
     }
 
-    public func replay(_ channel: ChannelName, after position: MessageID) async throws -> Replay {
+    public func replay(_ channel: ChannelName, after position: MessageID, limit: Int) async throws -> Replay {
+        let limit = max(limit, 1)
         let reply = try await call {
-            try await redis.evaluate(RedisScripts.replay, keys: [keys.stream(channel), keys.meta(channel)], arguments: [ByteBuffer(string: position.description)])
+            try await redis.evaluate(
+                RedisScripts.replay, keys: [keys.stream(channel), keys.meta(channel)],
+                arguments: [position.description, String(limit + 1)].map { ByteBuffer(string: $0) })
         }
         guard let parts = reply.array, parts.count == 2, let gone = parts[0].string.flatMap({ MessageID($0) }) else {
             throw RealtimeError.internal("unexpected replay reply")
         }
         let messages = (parts[1].array ?? []).compactMap { RedisWire.message(fromEntry: $0, channel: channel) }
-        return Replay(messages: messages, complete: gone <= position)
+        return Replay(messages: Array(messages.prefix(limit)), complete: gone <= position, hasMore: messages.count > limit)
     }
 
     public func checkReady() async throws {
         try await call { _ = try await redis.send(["PING"]) }
         let nonce = nodeID + "-" + RandomID.hex(bytes: 6)
+        probes.withLock { $0[nonce] = false }
+        defer { probes.withLock { _ = $0.removeValue(forKey: nonce) } }
         try await call { _ = try await redis.send(["PUBLISH", keys.control, "r\n" + nonce]) }
         let deadline = ContinuousClock.now + .seconds(2)
         while ContinuousClock.now < deadline {
-            if dispatch.withLock({ $0.probes.remove(nonce) != nil }) { return }
+            if probes.withLock({ $0[nonce] == true }) { return }
             try await Task.sleep(for: .milliseconds(10))
         }
         throw RealtimeError.engineUnavailable("pub/sub round trip failed")

@@ -42,10 +42,11 @@ enum RedisScripts {
         return {1, id, first}
         """)
 
-    /// KEYS: stream, meta. ARGV: position. Returns {greatest id no longer retained, entries after position}.
+    /// KEYS: stream, meta. ARGV: position, count. Returns {greatest id no longer retained, at
+    /// most `count` entries after position}.
     static let replay = RedisScript(
         """
-        local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+')
+        local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
         local gone
         if redis.call('EXISTS', KEYS[1]) == 1 then
           gone = redis.call('HGET', KEYS[2], 'trimmed_id')
@@ -55,17 +56,46 @@ enum RedisScripts {
         return {gone or '0-0', entries}
         """)
 
-    /// KEYS: presence hash, expiry zset. ARGV: connection id, member JSON, expiry ms, pub/sub channel.
-    /// Returns 1 when the member existed (an update), 0 for an enter.
+    /// KEYS: presence hash, expiry zset. ARGV: connection id, member JSON, ttl ms, pub/sub
+    /// channel, now ms ('' = Redis TIME). Returns 1 when the member existed (an update), 0 for an enter.
     static let enter = RedisScript(
         """
+        local now = tonumber(ARGV[5])
+        if not now then
+          local t = redis.call('TIME')
+          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
         local existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-        redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+        redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
         local action = 'enter'
         if existed == 1 then action = 'update' end
         redis.call('PUBLISH', ARGV[4], 'p\\n' .. action .. '\\n' .. ARGV[2])
         return existed
+        """)
+
+    /// KEYS: presence hash, expiry zset. ARGV: ttl ms, pub/sub channel, now ms ('' = Redis
+    /// TIME), then connection id and member JSON pairs. Extends each member still stored; enters
+    /// again (with an enter event) each one swept meanwhile, and returns their connection ids.
+    static let refresh = RedisScript(
+        """
+        local now = tonumber(ARGV[3])
+        if not now then
+          local t = redis.call('TIME')
+          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
+        local expiry = now + tonumber(ARGV[1])
+        local entered = {}
+        for i = 4, #ARGV, 2 do
+          local conn = ARGV[i]
+          if redis.call('HEXISTS', KEYS[1], conn) == 0 then
+            redis.call('HSET', KEYS[1], conn, ARGV[i + 1])
+            redis.call('PUBLISH', ARGV[2], 'p\\nenter\\n' .. ARGV[i + 1])
+            entered[#entered + 1] = conn
+          end
+          redis.call('ZADD', KEYS[2], expiry, conn)
+        end
+        return entered
         """)
 
     /// KEYS: presence hash, expiry zset. ARGV: connection id, pub/sub channel. Returns 1 when it left.
@@ -79,11 +109,17 @@ enum RedisScripts {
         return 1
         """)
 
-    /// KEYS: presence hash, expiry zset. ARGV: now ms, pub/sub channel. Removes expired members
-    /// with one leave each (HDEL succeeds once, however many nodes sweep). Returns {removed, left}.
+    /// KEYS: presence hash, expiry zset. ARGV: now ms ('' = Redis TIME), pub/sub channel. Removes
+    /// expired members with one leave each (HDEL succeeds once, however many nodes sweep).
+    /// Returns {removed, left}.
     static let sweep = RedisScript(
         """
-        local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+        local now = tonumber(ARGV[1])
+        if not now then
+          local t = redis.call('TIME')
+          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
+        local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
         local n = 0
         for _, conn in ipairs(expired) do
           redis.call('ZREM', KEYS[2], conn)
@@ -97,10 +133,15 @@ enum RedisScripts {
         return {n, redis.call('ZCARD', KEYS[2])}
         """)
 
-    /// KEYS: presence hash, expiry zset. ARGV: now ms. Member JSON of live members.
+    /// KEYS: presence hash, expiry zset. ARGV: now ms ('' = Redis TIME). Member JSON of live members.
     static let members = RedisScript(
         """
-        local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf')
+        local now = tonumber(ARGV[1])
+        if not now then
+          local t = redis.call('TIME')
+          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
+        local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
         if #live == 0 then return {} end
         return redis.call('HMGET', KEYS[1], unpack(live))
         """)

@@ -22,7 +22,7 @@ public struct Gateway: Sendable {
     ///   - engine: nil builds the memory engine.
     ///   - registry: where `/metrics` reads from; `main` bootstraps swift-metrics with the same one.
     public init(
-        configuration: GatewayConfiguration, engine: (any Engine)? = nil, registry: PrometheusCollectorRegistry = .init(),
+        configuration: GatewayConfiguration, engine: Engine? = nil, registry: PrometheusCollectorRegistry = .init(),
         clock: any RealtimeClock = SystemClock(), logger: Logger? = nil
     ) async throws {
         var configuration = configuration
@@ -35,7 +35,7 @@ public struct Gateway: Sendable {
         let key = configuration.apiKey ?? "rk_" + RandomID.base64URL(bytes: 24)
         self.bootstrapKey = key
         self.configuration = configuration
-        let engine = engine ?? MemoryEngine(configuration: configuration.engine, clock: clock)
+        let engine = engine ?? MemoryEngine(configuration: configuration.engine, clock: clock).engine
         let tokens = await TokenAuthority(secrets: configuration.tokenSecrets, clock: clock)
         self.runtime = GatewayRuntime(
             configuration: configuration, engine: engine, tokens: tokens, bootstrapKeyHash: APIKeyMaterial.hash(key),
@@ -135,7 +135,7 @@ struct EngineService: Service {
         }
         let hub = runtime.hub
         try await cancelWhenGracefulShutdown {
-            try await runtime.engine.run(delivering: { hub.handle($0) })
+            try await hub.run()
         }
     }
 }
@@ -149,8 +149,10 @@ struct PresenceHeartbeatService: Service {
         try? await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 try await Task.sleep(for: period)
-                let members = runtime.registry.all.flatMap { s in s.presenceChannels.map { (channel: $0, connectionID: s.connectionID) } }
-                if !members.isEmpty { try? await runtime.engine.refreshPresence(members) }
+                // Members swept meanwhile (after a Redis outage longer than the TTL) are entered
+                // again by the store, with an enter event.
+                let members = runtime.registry.all.flatMap(\.presenceMemberships)
+                if !members.isEmpty { _ = try? await runtime.engine.presence.refresh(members) }
             }
         }
     }

@@ -5,7 +5,7 @@ import Synchronization
 /// What REST routes, WebSocket sessions and background services of one node share.
 final class GatewayRuntime: Sendable {
     let configuration: GatewayConfiguration
-    let engine: any Engine
+    let engine: Engine
     let hub: ChannelHub
     let tokens: TokenAuthority
     let keys: APIKeyAuthenticator
@@ -18,7 +18,7 @@ final class GatewayRuntime: Sendable {
     let startedAt: Int64
 
     init(
-        configuration: GatewayConfiguration, engine: any Engine, tokens: TokenAuthority, bootstrapKeyHash: String,
+        configuration: GatewayConfiguration, engine: Engine, tokens: TokenAuthority, bootstrapKeyHash: String,
         metrics: GatewayMetrics, clock: any RealtimeClock, logger: Logger
     ) {
         self.configuration = configuration
@@ -39,7 +39,7 @@ final class GatewayRuntime: Sendable {
         let claims = try await tokens.verify(token)
         if let keyID = claims.keyID, keyID != APIKeyMaterial.bootstrapKeyID {
             let record: APIKeyRecord?
-            do { record = try await engine.key(id: keyID) } catch { throw .engineUnavailable("cannot check the token's key") }
+            do { record = try await engine.keys.key(id: keyID) } catch { throw .engineUnavailable("cannot check the token's key") }
             guard let record, !record.revoked else { throw .tokenInvalid("the API key that minted this token was revoked") }
         }
         return claims
@@ -57,7 +57,7 @@ final class GatewayRuntime: Sendable {
     }
 
     func settings(_ channel: ChannelName) async throws(RealtimeError) -> ChannelSettings {
-        do { return try await engine.channelSettings(channel) } catch { throw Self.engineError(error) }
+        do { return try await engine.channels.settings(channel) } catch { throw Self.engineError(error) }
     }
 
     /// Maps anything an engine throws to the contract's errors.
@@ -76,7 +76,7 @@ final class GatewayRuntime: Sendable {
 
 /// Checks API keys: the configured bootstrap key, then stored keys by id, hashes compared in constant time.
 struct APIKeyAuthenticator: Sendable {
-    let engine: any Engine
+    let engine: Engine
     let bootstrapHash: String
 
     struct Authenticated: Sendable {
@@ -91,7 +91,7 @@ struct APIKeyAuthenticator: Sendable {
         }
         guard let keyID = APIKeyMaterial.keyID(of: presented) else { throw .noCredentials("unknown API key") }
         let record: APIKeyRecord?
-        do { record = try await engine.key(id: keyID) } catch { throw GatewayRuntime.engineError(error) }
+        do { record = try await engine.keys.key(id: keyID) } catch { throw GatewayRuntime.engineError(error) }
         guard let record, !record.revoked, APIKeyMaterial.matches(presented, hash: record.secretHash) else {
             throw .noCredentials("unknown API key")
         }

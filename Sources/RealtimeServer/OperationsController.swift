@@ -13,7 +13,7 @@ struct OperationsController: Sendable {
                 return JSONResponse.error(.engineUnavailable("node is draining"))
             }
             do {
-                try await runtime.engine.checkReady()
+                try await runtime.engine.broker.checkReady()
             } catch {
                 return JSONResponse.error(.engineUnavailable("engine not reachable: \(error)"))
             }

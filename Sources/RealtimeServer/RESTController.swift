@@ -140,7 +140,7 @@ struct RESTController: Sendable {
         let name = try ChannelName(validating: body.name)
         let defaults = runtime.configuration.engine.channelDefaults
         // Omitted settings of an existing channel count as the same, so a repeated create is idempotent.
-        let existing = try await engine { try await runtime.engine.channelSettings(name) }
+        let existing = try await engine { try await runtime.engine.channels.settings(name) }
         let base = existing.explicit ? existing : nil
         var type = base?.type ?? defaults.type
         if let raw = body.type {
@@ -158,7 +158,7 @@ struct RESTController: Sendable {
             historySize: body.historySize ?? base?.historySize ?? defaults.historySize,
             historyTTLSeconds: body.historyTTLSeconds ?? base?.historyTTLSeconds ?? defaults.historyTTLSeconds,
             createdAt: runtime.clock.nowMilliseconds(), explicit: true)
-        let (stored, created) = try await engine { try await runtime.engine.createChannel(settings) }
+        let (stored, created) = try await engine { try await runtime.engine.channels.create(settings) }
         return JSONResponse.object(created ? .created : .ok) { channelJSON(stored, &$0) }
     }
 
@@ -177,7 +177,7 @@ struct RESTController: Sendable {
             }
             cursor = name
         }
-        let (channels, hasMore) = try await engine { try await runtime.engine.listChannels(limit: limit, after: cursor) }
+        let (channels, hasMore) = try await engine { try await runtime.engine.channels.list(limit: limit, after: cursor) }
         return JSONResponse.object { w in
             w.key("channels", first: true)
             w.raw("[")
@@ -195,8 +195,8 @@ struct RESTController: Sendable {
     @Sendable func getChannel(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
         _ = try await authenticate(request, .subscribe)
         let name = try channelParameter(context)
-        let settings = try await engine { try await runtime.engine.channelSettings(name) }
-        let stats = try await engine { try await runtime.engine.channelStats(name) }
+        let settings = try await engine { try await runtime.engine.channels.settings(name) }
+        let stats = try await engine { try await runtime.engine.channels.stats(name) }
         return JSONResponse.object { w in
             channelJSON(settings, &w)
             w.key("subscribers"); w.raw(String(stats.subscribers))
@@ -209,7 +209,7 @@ struct RESTController: Sendable {
     @Sendable func deleteChannel(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
         _ = try await authenticate(request, .admin)
         let name = try channelParameter(context)
-        guard try await engine({ try await runtime.engine.deleteChannel(name) }) else {
+        guard try await engine({ try await runtime.engine.channels.delete(name) }) else {
             throw RealtimeError.notFound("no channel '\(name)'")
         }
         return Response(status: .noContent)
@@ -241,7 +241,7 @@ struct RESTController: Sendable {
         }
         let outcome: PublishOutcome
         do {
-            outcome = try await runtime.engine.publish(
+            outcome = try await runtime.engine.broker.publish(
                 PublishRequest(channel: channel, event: body.event, data: data, idempotencyKey: body.idempotencyKey))
         } catch {
             throw GatewayRuntime.engineError(error)
@@ -324,7 +324,7 @@ struct RESTController: Sendable {
             guard let cursor = Cursor.decodeHistory(raw) else { throw RealtimeError.badRequest("field 'cursor' is not a cursor this API returned") }
             (query.direction, query.after, query.through) = cursor
         }
-        let page = try await engine { try await runtime.engine.history(name, query) }
+        let page = try await engine { try await runtime.engine.broker.history(name, query) }
         return JSONResponse.object { w in
             w.key("messages", first: true)
             w.raw("[" + page.messages.map { $0.json(asPush: false) }.joined(separator: ",") + "]")
@@ -339,7 +339,7 @@ struct RESTController: Sendable {
     @Sendable func presence(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
         _ = try await authenticate(request, .subscribe)
         let name = try channelParameter(context)
-        let members = try await engine { try await runtime.engine.presenceMembers(name) }
+        let members = try await engine { try await runtime.engine.presence.members(name) }
         let groupBy = request.uri.queryParameters.get("group_by")
         guard groupBy == nil || groupBy == "user" else { throw RealtimeError.badRequest("field 'group_by' must be 'user'") }
         guard groupBy == "user" else {
@@ -398,13 +398,13 @@ struct RESTController: Sendable {
         let (keyID, secret) = APIKeyMaterial.generate()
         let record = APIKeyRecord(
             keyID: keyID, name: body.name, scopes: scopes, createdAt: runtime.clock.nowMilliseconds(), secretHash: APIKeyMaterial.hash(secret))
-        try await engine { try await runtime.engine.storeKey(record) }
+        try await engine { try await runtime.engine.keys.store(record) }
         return JSONResponse.object(.created) { keyJSON(record, &$0, secret: secret) }
     }
 
     @Sendable func listKeys(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
         _ = try await authenticate(request, .admin)
-        let keys = try await engine { try await runtime.engine.listKeys() }
+        let keys = try await engine { try await runtime.engine.keys.list() }
         let bootstrap = APIKeyRecord(
             keyID: APIKeyMaterial.bootstrapKeyID, name: "bootstrap (configuration)", scopes: APIScope.allCases,
             createdAt: runtime.startedAt, secretHash: "")
@@ -427,7 +427,7 @@ struct RESTController: Sendable {
         guard keyID != APIKeyMaterial.bootstrapKeyID else {
             throw RealtimeError.conflict("the bootstrap key comes from configuration; change REALTIME_API_KEY to replace it")
         }
-        guard try await engine({ try await runtime.engine.revokeKey(id: keyID) }) else {
+        guard try await engine({ try await runtime.engine.keys.revoke(id: keyID) }) else {
             throw RealtimeError.notFound("no key '\(keyID)'")
         }
         return Response(status: .noContent)

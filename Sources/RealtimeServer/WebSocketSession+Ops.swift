@@ -56,7 +56,7 @@ extension WebSocketSession {
             let settings = try await runtime.settings(channel)
             try runtime.authorize(.presence, readOnly: true, on: settings, claims: claims)
             let members: [PresenceMember]
-            do { members = try await runtime.engine.presenceMembers(channel) } catch { throw GatewayRuntime.engineError(error) }
+            do { members = try await runtime.engine.presence.members(channel) } catch { throw GatewayRuntime.engineError(error) }
             push(Self.reply("presence", ref: frame.ref) { w in
                 w.key("channel"); w.string(channel.rawValue)
                 w.key("members"); w.raw("[" + members.map(\.json).joined(separator: ",") + "]")
@@ -69,7 +69,7 @@ extension WebSocketSession {
                 limit: frame.limit, direction: frame.direction, sinceID: frame.sinceID, untilID: nil,
                 maxLimit: runtime.configuration.limits.maxHistoryLimit)
             let page: HistoryPage
-            do { page = try await runtime.engine.history(channel, query) } catch { throw GatewayRuntime.engineError(error) }
+            do { page = try await runtime.engine.broker.history(channel, query) } catch { throw GatewayRuntime.engineError(error) }
             push(Self.reply("history", ref: frame.ref) { w in
                 w.key("channel"); w.string(channel.rawValue)
                 w.key("messages"); w.raw("[" + page.messages.map { $0.json(asPush: false) }.joined(separator: ",") + "]")
@@ -156,7 +156,7 @@ extension WebSocketSession {
         try runtime.authorize(.publish, readOnly: false, on: settings, claims: claims)
         let outcome: PublishOutcome
         do {
-            outcome = try await runtime.engine.publish(
+            outcome = try await runtime.engine.broker.publish(
                 PublishRequest(channel: channel, event: event, data: data, clientID: claims.clientID, idempotencyKey: frame.idempotencyKey))
         } catch {
             throw GatewayRuntime.engineError(error)
@@ -183,18 +183,20 @@ extension WebSocketSession {
     private func enter(_ channel: ChannelName, data: String?, claims: TokenClaims) async throws(RealtimeError) {
         let now = runtime.clock.nowMilliseconds()
         let member = PresenceMember(clientID: claims.clientID, userID: claims.userID, connectionID: connectionID, data: data, enteredAt: now, updatedAt: now)
-        do { try await runtime.engine.enterPresence(channel, member: member) } catch { throw GatewayRuntime.engineError(error) }
-        state.withLock { _ = $0.presence.insert(channel) }
+        do { try await runtime.engine.presence.enter(channel, member: member) } catch { throw GatewayRuntime.engineError(error) }
+        state.withLock { $0.presence[channel] = member }
     }
 
     private func leavePresence(_ channel: ChannelName) async throws(RealtimeError) {
-        let wasPresent = state.withLock { $0.presence.remove(channel) != nil }
+        let wasPresent = state.withLock { $0.presence.removeValue(forKey: channel) != nil }
         guard wasPresent else { return }
-        do { try await runtime.engine.leavePresence(channel, connectionID: connectionID) } catch { throw GatewayRuntime.engineError(error) }
+        do { try await runtime.engine.presence.leave(channel, connectionID: connectionID) } catch { throw GatewayRuntime.engineError(error) }
     }
 
     /// This connection's presence memberships, for the node's heartbeat.
-    var presenceChannels: [ChannelName] { state.withLock { Array($0.presence) } }
+    var presenceMemberships: [(channel: ChannelName, member: PresenceMember)] {
+        state.withLock { s in s.presence.map { (channel: $0.key, member: $0.value) } }
+    }
 }
 
 /// History query parameters shared by REST and WebSocket.

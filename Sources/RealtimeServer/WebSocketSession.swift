@@ -24,7 +24,8 @@ final class WebSocketSession: SubscriberSink {
     struct State {
         var claims: TokenClaims?
         var subscriptions: [ChannelName: SubscriptionSlot] = [:]
-        var presence: Set<ChannelName> = []
+        /// Presence memberships with the member as last entered, for the heartbeat's refresh.
+        var presence: [ChannelName: PresenceMember] = [:]
         var publishBucket: TokenBucket?
         /// Expiry for which `token_expiring` was already sent.
         var warnedFor: Int64?
@@ -74,7 +75,7 @@ final class WebSocketSession: SubscriberSink {
 
     func channelEnded(_ channel: ChannelName) {
         let wasSubscribed = state.withLock { $0.subscriptions.removeValue(forKey: channel) != nil }
-        state.withLock { _ = $0.presence.remove(channel) }
+        state.withLock { _ = $0.presence.removeValue(forKey: channel) }
         if wasSubscribed { push(Self.reply("unsubscribed", ref: nil) { $0.key("channel"); $0.string(channel.rawValue) }) }
     }
 
@@ -84,19 +85,19 @@ final class WebSocketSession: SubscriberSink {
     /// ``WebSocketConnection`` starts it after any op in flight), so nothing more is fanned out
     /// to it.
     func cleanup() async {
-        let (subs, present) = state.withLock { s -> ([HubSubscription], Set<ChannelName>) in
+        let (subs, present) = state.withLock { s -> ([HubSubscription], [ChannelName]) in
             let subs = s.subscriptions.values.compactMap { slot -> HubSubscription? in
                 if case .live(let sub) = slot { return sub }
                 return nil
             }
-            let present = s.presence
+            let present = Array(s.presence.keys)
             s.subscriptions = [:]
-            s.presence = []
+            s.presence = [:]
             return (subs, present)
         }
         for sub in subs { await runtime.hub.unsubscribe(sub) }
         runtime.metrics.subscriptions.decrement(by: Double(subs.count))
-        for channel in present { _ = try? await runtime.engine.leavePresence(channel, connectionID: connectionID) }
+        for channel in present { _ = try? await runtime.engine.presence.leave(channel, connectionID: connectionID) }
     }
 
     /// Looks at the token's lifetime: pushes `token_expiring` before expiry, closes with 4001 at

@@ -50,8 +50,10 @@ public enum RESPValue: Sendable, Equatable, CustomStringConvertible {
 public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
     /// Redis answered with an error reply.
     case server(String)
-    /// No connection could be made or it dropped before the reply.
+    /// No connection could be made: the command was not sent.
     case connection(String)
+    /// The command was sent, then the connection dropped before its reply: it may have run.
+    case connectionLost(String)
     /// No reply within the command timeout; the connection was closed.
     case timeout
     /// The reply stream was not valid RESP.
@@ -62,6 +64,7 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .server(let m): return "redis error: \(m)"
         case .connection(let m): return "redis connection: \(m)"
+        case .connectionLost(let m): return "redis connection lost before the reply: \(m)"
         case .timeout: return "redis command timed out"
         case .protocolError(let m): return "redis protocol error: \(m)"
         case .invalidURL(let m): return "invalid redis URL: \(m)"

@@ -38,11 +38,19 @@ public struct RedisConfiguration: Sendable, Equatable {
             throw .invalidURL("must start with redis:// or rediss://")
         }
         var caFile: String?
+        var commandTimeout: Duration?
+        var connectTimeout: Duration?
         if let q = rest.firstIndex(of: "?") {
             for pair in rest[rest.index(after: q)...].split(separator: "&") {
                 let kv = pair.split(separator: "=", maxSplits: 1)
-                guard kv.count == 2, kv[0] == "tls_ca_file" else { throw .invalidURL("unknown parameter '\(pair)'") }
-                caFile = String(kv[1])
+                guard kv.count == 2 else { throw .invalidURL("unknown parameter '\(pair)'") }
+                switch kv[0] {
+                case "tls_ca_file": caFile = String(kv[1])
+                case "command_timeout_ms", "connect_timeout_ms":
+                    guard let ms = Int(kv[1]), (1...3_600_000).contains(ms) else { throw .invalidURL("\(kv[0]) must be 1-3600000") }
+                    if kv[0] == "command_timeout_ms" { commandTimeout = .milliseconds(ms) } else { connectTimeout = .milliseconds(ms) }
+                default: throw .invalidURL("unknown parameter '\(pair)'")
+                }
             }
             rest = rest[..<q]
         }
@@ -78,5 +86,7 @@ public struct RedisConfiguration: Sendable, Equatable {
         guard !host.isEmpty else { throw .invalidURL("missing host") }
         self.init(host: host, port: port, database: database, username: username, password: password, tls: tls)
         self.tlsCAFile = caFile
+        if let commandTimeout { self.commandTimeout = commandTimeout }
+        if let connectTimeout { self.connectTimeout = connectTimeout }
     }
 }

@@ -74,7 +74,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
     private func expireTimedOut() {
         guard let first = pending.first, first.deadline < .now() else { return }
         pending.removeFirst().promise.fail(RedisError.timeout)
-        failAll(.connection("connection closed after a command timed out"))
+        failAll(.connectionLost("connection closed after a command timed out"))
         context?.close(promise: nil)
     }
 
@@ -95,18 +95,18 @@ final class RedisChannelHandler: ChannelInboundHandler {
                 request.promise.succeed(value)
             }
         } catch {
-            failAll(error as? RedisError ?? .protocolError("\(error)"))
+            failAll(.connectionLost("\(error)"))
             context.close(promise: nil)
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        failAll(.connection("connection closed"))
+        failAll(.connectionLost("connection closed"))
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        failAll(.connection("\(error)"))
+        failAll(.connectionLost("\(error)"))
         context.close(promise: nil)
     }
 

@@ -3,12 +3,13 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
-/// A dedicated pub/sub connection with per-channel reference counts: `SUBSCRIBE` goes out on
-/// the first `subscribe` of a channel and `UNSUBSCRIBE` after the last `unsubscribe`.
+/// A dedicated pub/sub connection for a set of channels. Not reference-counted: its user (the
+/// node's hub) subscribes a channel once and unsubscribes it once.
 ///
-/// `run` keeps the connection up: it reconnects with backoff, resubscribes every counted
-/// channel, reports that to `onReconnect` (messages published while it was down were missed),
-/// and pings so that a silently dead connection is noticed.
+/// `run` keeps the connection up: it reconnects with backoff, resubscribes every channel in the
+/// set, and pings so that a silently dead connection is noticed. It reports `onInterrupted` as
+/// soon as the connection is lost (messages may be missed from then on) and `onRestored` once
+/// every channel of the set is subscribed again.
 public final class RedisSubscriber: Sendable {
     public let configuration: RedisConfiguration
     let group: any EventLoopGroup
@@ -18,7 +19,7 @@ public final class RedisSubscriber: Sendable {
     let lastPong = Atomic<Int64>(0)
 
     struct State {
-        var counts: [String: Int] = [:]
+        var channels: Set<String> = []
         var connection: RedisConnection?
         var onMessage: (@Sendable (String, ByteBuffer) -> Void)?
     }
@@ -39,15 +40,15 @@ public final class RedisSubscriber: Sendable {
     static func nowNanos() -> Int64 { Int64(NIODeadline.now().uptimeNanoseconds) }
 
     /// Maintains the connection until cancelled. `onMessage(channel, payload)` runs on the
-    /// connection's event loop for each message; `onReconnect(channels)` after every
-    /// (re)subscription of counted channels, before their new messages are handled.
+    /// connection's event loop for each message.
     public func run(
         onMessage: @escaping @Sendable (String, ByteBuffer) -> Void,
-        beforeResubscribe: @escaping @Sendable ([String]) -> Void = { _ in },
-        onReconnect: @escaping @Sendable ([String]) async -> Void
+        onInterrupted: @escaping @Sendable () -> Void = {},
+        onRestored: @escaping @Sendable () -> Void = {}
     ) async {
         state.withLock { $0.onMessage = onMessage }
         var backoff = Duration.milliseconds(50)
+        var everConnected = false
         while !Task.isCancelled {
             do {
                 let connection = try await RedisConnection.connect(configuration, group: group) { [weak self] channel, payload in
@@ -55,17 +56,26 @@ public final class RedisSubscriber: Sendable {
                     let handler = self.state.withLock { $0.onMessage }
                     handler?(String(buffer: channel), payload)
                 }
-                // Resubscribe everything counted, then publish the connection to subscribers.
-                let channels = state.withLock { Array($0.counts.keys) }
-                beforeResubscribe(channels)
-                for channel in channels { try await connection.send(["SUBSCRIBE", channel]) }
-                state.withLock { $0.connection = connection }
-                // Channels counted while we were resubscribing.
-                let late = state.withLock { s in s.counts.keys.filter { !channels.contains($0) } }
-                beforeResubscribe(late)
-                for channel in late { try await connection.send(["SUBSCRIBE", channel]) }
+                // Resubscribe the set until it is stable, then publish the connection; channels
+                // added meanwhile wait for it (see `subscribe`).
+                var done: Set<String> = []
+                while true {
+                    let missing = state.withLock { $0.channels.subtracting(done) }
+                    if missing.isEmpty {
+                        let published = state.withLock { s -> Bool in
+                            guard s.channels.subtracting(done).isEmpty else { return false }
+                            s.connection = connection
+                            return true
+                        }
+                        if published { break }
+                        continue
+                    }
+                    for channel in missing { try await connection.send(["SUBSCRIBE", channel]) }
+                    done.formUnion(missing)
+                }
                 lastPong.store(Self.nowNanos(), ordering: .relaxed)
-                await onReconnect(channels + late)
+                if everConnected { onRestored() }
+                everConnected = true
                 backoff = .milliseconds(50)
                 // Ping until the connection fails.
                 while !Task.isCancelled, connection.isActive {
@@ -79,7 +89,13 @@ public final class RedisSubscriber: Sendable {
             } catch {
                 logger.warning("redis subscriber connection lost", metadata: ["error": "\(error)"])
             }
-            state.withLock { $0.connection?.close(); $0.connection = nil }
+            let wasConnected = state.withLock { s -> Bool in
+                let was = s.connection != nil
+                s.connection?.close()
+                s.connection = nil
+                return was
+            }
+            if wasConnected { onInterrupted() }
             try? await Task.sleep(for: backoff)
             backoff = min(backoff * 2, .seconds(2))
         }
@@ -89,19 +105,19 @@ public final class RedisSubscriber: Sendable {
         }
     }
 
-    /// Counts a use of `channel`; returns once Redis confirmed the subscription. Throws (and
-    /// uncounts) when the connection is down for longer than `wait`.
+    /// Adds `channel` to the set; returns once Redis confirmed the subscription. Throws (and
+    /// removes it again) when the connection is down for longer than `wait`.
     public func subscribe(_ channel: String, wait: Duration = .seconds(2)) async throws {
         let future = state.withLock { s -> EventLoopFuture<RESPValue>? in
-            s.counts[channel, default: 0] += 1
-            guard s.counts[channel] == 1, let c = s.connection, c.isActive else { return nil }
+            s.channels.insert(channel)
+            guard let c = s.connection, c.isActive else { return nil }
             return c.sendFuture([ByteBuffer(string: "SUBSCRIBE"), ByteBuffer(string: channel)])
         }
         do {
             if let future {
                 _ = try await future.get()
-            } else if !(state.withLock { $0.connection?.isActive ?? false }) {
-                // Not connected: `run` subscribes counted channels when it connects.
+            } else {
+                // Not connected: `run` subscribes the set before it publishes the connection.
                 try await waitForConnection(wait)
             }
         } catch {
@@ -110,23 +126,17 @@ public final class RedisSubscriber: Sendable {
         }
     }
 
-    /// Uncounts a use of `channel`, unsubscribing after the last.
+    /// Removes `channel` from the set and unsubscribes it.
     public func unsubscribe(_ channel: String) async {
         let future = state.withLock { s -> EventLoopFuture<RESPValue>? in
-            guard let n = s.counts[channel] else { return nil }
-            if n > 1 {
-                s.counts[channel] = n - 1
-                return nil
-            }
-            s.counts[channel] = nil
-            guard let c = s.connection, c.isActive else { return nil }
+            guard s.channels.remove(channel) != nil, let c = s.connection, c.isActive else { return nil }
             return c.sendFuture([ByteBuffer(string: "UNSUBSCRIBE"), ByteBuffer(string: channel)])
         }
         _ = try? await future?.get()
     }
 
-    /// Channels currently counted.
-    public var channels: [String] { state.withLock { Array($0.counts.keys) } }
+    /// Channels in the set.
+    public var channels: [String] { state.withLock { Array($0.channels) } }
 
     private func waitForConnection(_ wait: Duration) async throws {
         let deadline = ContinuousClock.now + wait

@@ -39,12 +39,13 @@ struct RealtimeGatewayCommand: AsyncParsableCommand {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         var configuration = config
         if configuration.nodeID.isEmpty { configuration.nodeID = GatewayConfiguration.defaultNodeID() }
-        var engine: (any Engine)?
+        var engine: Engine?
         if let url = configuration.redisURL {
             var logger = Logger(label: "realtime.redis")
             logger[metadataKey: "node"] = .string(configuration.nodeID)
             engine = try RedisEngine(
-                url: url, configuration: configuration.engine, keyPrefix: configuration.keyPrefix, nodeID: configuration.nodeID, logger: logger)
+                url: url, configuration: configuration.engine, keyPrefix: configuration.keyPrefix, nodeID: configuration.nodeID, logger: logger
+            ).engine
         }
         let gateway = try await Gateway(configuration: configuration, engine: engine, registry: registry)
         try await withThrowingTaskGroup(of: Void.self) { group in

@@ -1,7 +1,8 @@
 import RealtimeCore
 import Testing
 
-/// The engine contract (see `Engine`), checked against every engine kind.
+/// The contracts of `Broker`, `PresenceStore`, `ChannelStore` and `KeyStore`, checked against
+/// both implementations of each.
 @Suite struct EngineConformanceTests {
     @Test(arguments: EngineKind.allCases)
     func idsStrictlyIncreaseAndHistoryKeepsPublishOrder(_ kind: EngineKind) async throws {
@@ -9,13 +10,13 @@ import Testing
             let s = settings("orders:eu")
             var ids: [MessageID] = []
             for i in 0..<50 {
-                ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id)
+                ids.append(try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id)
             }
             #expect(zip(ids, ids.dropFirst()).allSatisfy { $0 < $1 })
-            let forwards = try await t.engine.history(s.name, HistoryQuery(limit: 100, direction: .forwards))
+            let forwards = try await t.engine.broker.history(s.name, HistoryQuery(limit: 100, direction: .forwards))
             #expect(forwards.messages.map(\.id) == ids && !forwards.hasMore)
             #expect(forwards.messages.map(\.data) == (0..<50).map { "\($0)" })
-            let backwards = try await t.engine.history(s.name, HistoryQuery(limit: 10, direction: .backwards))
+            let backwards = try await t.engine.broker.history(s.name, HistoryQuery(limit: 10, direction: .backwards))
             #expect(backwards.messages.map(\.id) == Array(ids.suffix(10).reversed()) && backwards.hasMore)
         }
     }
@@ -24,12 +25,12 @@ import Testing
     func attachedNodeReceivesEveryMessageInOrderOnce(_ kind: EngineKind) async throws {
         try await withEngine(kind) { t in
             let s = settings("live")
-            try await t.engine.attach(s.name)
+            try await t.engine.broker.subscribe(s.name)
             var ids: [MessageID] = []
-            for i in 0..<20 { ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
+            for i in 0..<20 { ids.append(try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
             try await t.events.wait("20 messages") { $0.messages.count >= 20 }
             #expect(t.events.messages.map(\.id) == ids)
-            await t.engine.detach(s.name)
+            await t.engine.broker.unsubscribe(s.name)
         }
     }
 
@@ -37,16 +38,16 @@ import Testing
     func repeatedIdempotencyKeyReturnsTheOriginalAndPublishesNothing(_ kind: EngineKind) async throws {
         try await withEngine(kind) { t in
             let s = settings("pay")
-            try await t.engine.attach(s.name)
-            let first = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1", idempotencyKey: "k"))
-            let again = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "2", idempotencyKey: "k"))
+            try await t.engine.broker.subscribe(s.name)
+            let first = try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "1", idempotencyKey: "k"))
+            let again = try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "2", idempotencyKey: "k"))
             #expect(first.status == .published && again.status == .duplicate && again.id == first.id && again.timestamp == first.timestamp)
             // The key is per channel.
-            let elsewhere = try await t.engine.publish(PublishRequest(channel: channel("pay2"), event: "e", data: "3", idempotencyKey: "k"))
+            let elsewhere = try await t.engine.broker.publish(PublishRequest(channel: channel("pay2"), event: "e", data: "3", idempotencyKey: "k"))
             #expect(elsewhere.status == .published)
             try await Task.sleep(for: .milliseconds(50))
             #expect(t.events.messages.filter { $0.channel == s.name }.count == 1)
-            #expect(try await t.engine.history(s.name, HistoryQuery(limit: 10, direction: .forwards)).messages.map(\.data) == ["1"])
+            #expect(try await t.engine.broker.history(s.name, HistoryQuery(limit: 10, direction: .forwards)).messages.map(\.data) == ["1"])
         }
     }
 
@@ -54,16 +55,16 @@ import Testing
     func historyIsTrimmedToHistorySizeAndReplayReportsTheGap(_ kind: EngineKind) async throws {
         try await withEngine(kind) { t in
             // Publish reads the stored history size itself (in the same atomic step).
-            let s = try await t.engine.createChannel(settings("trim", historySize: 3)).settings
+            let s = try await t.engine.channels.create(settings("trim", historySize: 3)).settings
             var ids: [MessageID] = []
-            for i in 0..<6 { ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
-            let kept = try await t.engine.history(s.name, HistoryQuery(limit: 100, direction: .forwards)).messages.map(\.id)
+            for i in 0..<6 { ids.append(try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
+            let kept = try await t.engine.broker.history(s.name, HistoryQuery(limit: 100, direction: .forwards)).messages.map(\.id)
             #expect(kept == Array(ids.suffix(3)))
-            let lost = try await t.engine.replay(s.name, after: ids[0])
+            let lost = try await t.engine.broker.replay(s.name, after: ids[0], limit: 1000)
             #expect(!lost.complete && lost.messages.map(\.id) == Array(ids.suffix(3)))
-            let exact = try await t.engine.replay(s.name, after: ids[3])
+            let exact = try await t.engine.broker.replay(s.name, after: ids[3], limit: 1000)
             #expect(exact.complete && exact.messages.map(\.id) == Array(ids.suffix(2)))
-            let none = try await t.engine.replay(s.name, after: ids[5])
+            let none = try await t.engine.broker.replay(s.name, after: ids[5], limit: 1000)
             #expect(none.complete && none.messages.isEmpty)
         }
     }
@@ -73,11 +74,11 @@ import Testing
         try await withEngine(kind) { t in
             let s = settings("pages")
             var ids: [MessageID] = []
-            for i in 0..<25 { ids.append(try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
+            for i in 0..<25 { ids.append(try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
             var seen: [MessageID] = []
             var after: MessageID?
             while true {
-                let page = try await t.engine.history(s.name, HistoryQuery(limit: 7, direction: .forwards, after: after))
+                let page = try await t.engine.broker.history(s.name, HistoryQuery(limit: 7, direction: .forwards, after: after))
                 seen += page.messages.map(\.id)
                 guard page.hasMore else { break }
                 after = page.messages.last!.id
@@ -86,13 +87,13 @@ import Testing
             var back: [MessageID] = []
             var through: MessageID?
             while true {
-                let page = try await t.engine.history(s.name, HistoryQuery(limit: 4, direction: .backwards, through: through))
+                let page = try await t.engine.broker.history(s.name, HistoryQuery(limit: 4, direction: .backwards, through: through))
                 back += page.messages.map(\.id)
                 guard page.hasMore else { break }
                 through = page.messages.last!.id.predecessor
             }
             #expect(back == ids.reversed())
-            let window = try await t.engine.history(s.name, HistoryQuery(limit: 100, direction: .forwards, after: ids[4], through: ids[9]))
+            let window = try await t.engine.broker.history(s.name, HistoryQuery(limit: 100, direction: .forwards, after: ids[4], through: ids[9]))
             #expect(window.messages.map(\.id) == Array(ids[5...9]))
         }
     }
@@ -101,19 +102,19 @@ import Testing
     func presenceEnterUpdateLeaveAreEventsAndMembers(_ kind: EngineKind) async throws {
         try await withEngine(kind) { t in
             let ch = channel("room")
-            try await t.engine.attach(ch)
-            #expect(try await t.engine.enterPresence(ch, member: member("c1", data: "{\"a\":1}")) == .enter)
-            #expect(try await t.engine.enterPresence(ch, member: member("c1", data: "{\"a\":2}")) == .update)
-            #expect(try await t.engine.enterPresence(ch, member: member("c2", client: "bob", user: nil)) == .enter)
-            let members = try await t.engine.presenceMembers(ch)
+            try await t.engine.broker.subscribe(ch)
+            #expect(try await t.engine.presence.enter(ch, member: member("c1", data: "{\"a\":1}")) == .enter)
+            #expect(try await t.engine.presence.enter(ch, member: member("c1", data: "{\"a\":2}")) == .update)
+            #expect(try await t.engine.presence.enter(ch, member: member("c2", client: "bob", user: nil)) == .enter)
+            let members = try await t.engine.presence.members(ch)
             #expect(Set(members.map(\.connectionID)) == ["c1", "c2"])
             #expect(members.first { $0.connectionID == "c1" }?.data == "{\"a\":2}")
-            #expect(try await t.engine.leavePresence(ch, connectionID: "c1"))
-            #expect(try await !t.engine.leavePresence(ch, connectionID: "c1"))
+            #expect(try await t.engine.presence.leave(ch, connectionID: "c1"))
+            #expect(try await !t.engine.presence.leave(ch, connectionID: "c1"))
             try await t.events.wait("4 presence events") { $0.presence.count >= 4 }
             #expect(t.events.presence.map(\.action) == [.enter, .update, .enter, .leave])
-            #expect(try await t.engine.presenceMembers(ch).map(\.connectionID) == ["c2"])
-            #expect(try await t.engine.channelStats(ch).presenceMembers == 1)
+            #expect(try await t.engine.presence.members(ch).map(\.connectionID) == ["c2"])
+            #expect(try await t.engine.channels.stats(ch).presenceMembers == 1)
         }
     }
 
@@ -121,24 +122,24 @@ import Testing
     func expiredMembersLeaveExactlyOnceAndHeartbeatsKeepThem(_ kind: EngineKind) async throws {
         try await withEngine(kind, configuration: EngineConfiguration(presenceTTLSeconds: 30)) { t in
             let ch = channel("ttl")
-            try await t.engine.attach(ch)
-            try await t.engine.enterPresence(ch, member: member("gone"))
-            try await t.engine.enterPresence(ch, member: member("alive"))
+            try await t.engine.broker.subscribe(ch)
+            try await t.engine.presence.enter(ch, member: member("gone"))
+            try await t.engine.presence.enter(ch, member: member("alive"))
             t.clock.advance(byMilliseconds: 20_000)
-            try await t.engine.refreshPresence([(ch, "alive")])
+            try await t.engine.presence.refresh([(ch, member("alive"))])
             t.clock.advance(byMilliseconds: 15_000)
             // Several sweeps at once, as several nodes would run them.
-            async let a = t.engine.sweepExpiredPresence()
-            async let b = t.engine.sweepExpiredPresence()
+            async let a = t.engine.presence.sweep()
+            async let b = t.engine.presence.sweep()
             // The engine's own periodic sweep may have taken it first: at most one removal in all.
             let removed = try await a + b
             #expect(removed <= 1)
-            #expect(try await t.engine.sweepExpiredPresence() == 0)
+            #expect(try await t.engine.presence.sweep() == 0)
             try await t.events.wait("leave") { $0.presence.contains { $0.action == .leave } }
             try await Task.sleep(for: .milliseconds(50))
             let leaves = t.events.presence.filter { $0.action == .leave }
             #expect(leaves.map(\.member.connectionID) == ["gone"])
-            #expect(try await t.engine.presenceMembers(ch).map(\.connectionID) == ["alive"])
+            #expect(try await t.engine.presence.members(ch).map(\.connectionID) == ["alive"])
         }
     }
 
@@ -146,32 +147,32 @@ import Testing
     func channelsCreateIdempotentlyConflictListAndDelete(_ kind: EngineKind) async throws {
         try await withEngine(kind) { t in
             let s = settings("cfg:a", type: .presence, historySize: 10)
-            #expect(try await t.engine.createChannel(s).created)
-            let again = try await t.engine.createChannel(s)
+            #expect(try await t.engine.channels.create(s).created)
+            let again = try await t.engine.channels.create(s)
             #expect(!again.created && again.settings.type == .presence)
             var different = s
             different.type = .public
-            await #expect(throws: RealtimeError.self) { try await t.engine.createChannel(different) }
-            #expect(try await t.engine.channelSettings(s.name).historySize == 10)
-            let implicit = try await t.engine.channelSettings(channel("never:made"))
+            await #expect(throws: RealtimeError.self) { try await t.engine.channels.create(different) }
+            #expect(try await t.engine.channels.settings(s.name).historySize == 10)
+            let implicit = try await t.engine.channels.settings(channel("never:made"))
             #expect(!implicit.explicit && implicit.type == t.engine.configuration.channelDefaults.type)
 
-            for name in ["cfg:b", "cfg:c", "cfg:d"] { _ = try await t.engine.createChannel(settings(name)) }
+            for name in ["cfg:b", "cfg:c", "cfg:d"] { _ = try await t.engine.channels.create(settings(name)) }
             var listed: [String] = []
             var cursor: ChannelName?
             while true {
-                let page = try await t.engine.listChannels(limit: 3, after: cursor)
+                let page = try await t.engine.channels.list(limit: 3, after: cursor)
                 listed += page.channels.map(\.name.rawValue)
                 guard page.hasMore else { break }
                 cursor = page.channels.last!.name
             }
             #expect(listed == ["cfg:a", "cfg:b", "cfg:c", "cfg:d"])
 
-            try await t.engine.attach(s.name)
-            _ = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1"))
-            try await t.engine.enterPresence(s.name, member: member("m1"))
-            #expect(try await t.engine.deleteChannel(s.name))
-            #expect(try await !t.engine.deleteChannel(s.name))
+            try await t.engine.broker.subscribe(s.name)
+            _ = try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "1"))
+            try await t.engine.presence.enter(s.name, member: member("m1"))
+            #expect(try await t.engine.channels.delete(s.name))
+            #expect(try await !t.engine.channels.delete(s.name))
             try await t.events.wait("deleted") { r in r.all.contains { if case .channelDeleted = $0 { return true } else { return false } } }
             let tail = t.events.all.suffix(2)
             guard case .presence(let leave) = tail.first, case .channelDeleted(let gone) = tail.last else {
@@ -179,9 +180,9 @@ import Testing
                 return
             }
             #expect(leave.action == .leave && gone == s.name)
-            #expect(try await t.engine.history(s.name, HistoryQuery(limit: 10, direction: .forwards)).messages.isEmpty)
-            #expect(try await t.engine.presenceMembers(s.name).isEmpty)
-            #expect(try await !t.engine.channelSettings(s.name).explicit)
+            #expect(try await t.engine.broker.history(s.name, HistoryQuery(limit: 10, direction: .forwards)).messages.isEmpty)
+            #expect(try await t.engine.presence.members(s.name).isEmpty)
+            #expect(try await !t.engine.channels.settings(s.name).explicit)
         }
     }
 
@@ -189,11 +190,11 @@ import Testing
     func statsReportSubscribersPresenceAndLastID(_ kind: EngineKind) async throws {
         try await withEngine(kind) { t in
             let s = settings("stats")
-            #expect(try await t.engine.channelStats(s.name) == ChannelStats(subscribers: 0, presenceMembers: 0, lastMessageID: nil))
-            await t.engine.reportLocalSubscribers(s.name, count: 3)
-            let id = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1")).id
-            try await t.engine.enterPresence(s.name, member: member("x"))
-            #expect(try await t.engine.channelStats(s.name) == ChannelStats(subscribers: 3, presenceMembers: 1, lastMessageID: id))
+            #expect(try await t.engine.channels.stats(s.name) == ChannelStats(subscribers: 0, presenceMembers: 0, lastMessageID: nil))
+            try await t.engine.channels.reportLocalSubscribers(s.name, count: 3)
+            let id = try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "1")).id
+            try await t.engine.presence.enter(s.name, member: member("x"))
+            #expect(try await t.engine.channels.stats(s.name) == ChannelStats(subscribers: 3, presenceMembers: 1, lastMessageID: id))
         }
     }
 
@@ -201,13 +202,13 @@ import Testing
     func keysAreStoredListedAndRevokedWithAnEvent(_ kind: EngineKind) async throws {
         try await withEngine(kind) { t in
             let record = APIKeyRecord(keyID: "k_1", name: "ci", scopes: [.publish], createdAt: 1, secretHash: APIKeyMaterial.hash("k_1.s"))
-            try await t.engine.storeKey(record)
-            #expect(try await t.engine.key(id: "k_1") == record)
-            #expect(try await t.engine.listKeys().map(\.keyID) == ["k_1"])
-            #expect(try await t.engine.revokeKey(id: "k_1"))
-            #expect(try await !t.engine.revokeKey(id: "k_1"))
-            #expect(try await t.engine.key(id: "k_1")?.revoked == true)
-            #expect(try await t.engine.listKeys().isEmpty)
+            try await t.engine.keys.store(record)
+            #expect(try await t.engine.keys.key(id: "k_1") == record)
+            #expect(try await t.engine.keys.list().map(\.keyID) == ["k_1"])
+            #expect(try await t.engine.keys.revoke(id: "k_1"))
+            #expect(try await !t.engine.keys.revoke(id: "k_1"))
+            #expect(try await t.engine.keys.key(id: "k_1")?.revoked == true)
+            #expect(try await t.engine.keys.list().isEmpty)
             try await t.events.wait("revocation") { r in r.all.contains { if case .keyRevoked("k_1") = $0 { return true } else { return false } } }
         }
     }
@@ -216,12 +217,81 @@ import Testing
     func idempotencyKeysExpireWithTheWindow(_ kind: EngineKind) async throws {
         try await withEngine(kind, configuration: EngineConfiguration(idempotencyWindowSeconds: 1)) { t in
             let s = settings("window")
-            let first = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "1", idempotencyKey: "k"))
+            let first = try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "1", idempotencyKey: "k"))
             t.clock.advance(byMilliseconds: 1500)
             // Redis expires keys in its own time.
             if kind == .redis { try await Task.sleep(for: .milliseconds(1600)) }
-            let later = try await t.engine.publish(PublishRequest(channel: s.name, event: "e", data: "2", idempotencyKey: "k"))
+            let later = try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "2", idempotencyKey: "k"))
             #expect(later.status == .published && later.id != first.id)
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func replayReadsBoundedPagesAndPositionNamesTheNewest(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let ch = channel("paged")
+            #expect(try await t.engine.broker.position(ch) == .zero)
+            var ids: [MessageID] = []
+            for i in 0..<10 { ids.append(try await t.engine.broker.publish(PublishRequest(channel: ch, event: "e", data: "\(i)")).id) }
+            #expect(try await t.engine.broker.position(ch) == ids.last)
+            var read: [MessageID] = []
+            var from = MessageID.zero
+            var pages = 0
+            while true {
+                let page = try await t.engine.broker.replay(ch, after: from, limit: 4)
+                #expect(page.messages.count <= 4 && page.complete)
+                read += page.messages.map(\.id)
+                pages += 1
+                guard page.hasMore else { break }
+                from = page.messages.last!.id
+            }
+            #expect(read == ids && pages == 3)
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func aHeartbeatEntersAgainAMemberSweptWhileItsConnectionLived(_ kind: EngineKind) async throws {
+        try await withEngine(kind, configuration: EngineConfiguration(presenceTTLSeconds: 30)) { t in
+            let ch = channel("outage")
+            try await t.engine.broker.subscribe(ch)
+            try await t.engine.presence.enter(ch, member: member("m"))
+            // An outage longer than the TTL: the member is swept, with its leave.
+            t.clock.advance(byMilliseconds: 31_000)
+            _ = try await t.engine.presence.sweep()
+            #expect(try await t.engine.presence.members(ch).isEmpty)
+            let entered = try await t.engine.presence.refresh([(ch, member("m"))])
+            #expect(entered.map(\.member.connectionID) == ["m"] && entered.map(\.action) == [.enter])
+            #expect(try await t.engine.presence.members(ch).map(\.connectionID) == ["m"])
+            #expect(try await t.engine.presence.refresh([(ch, member("m"))]).isEmpty)
+            try await t.events.wait("enter, leave, enter") { $0.presence.count >= 3 }
+            #expect(t.events.presence.map(\.action) == [.enter, .leave, .enter])
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func concurrentSubscribersThroughTheHubShareOneAttachAndGetOneOrderedStream(_ kind: EngineKind) async throws {
+        try await withEngine(kind, hub: true) { t in
+            let hub = try #require(t.hub)
+            let ch = channel("crowd")
+            let publisher = Task {
+                var ids: [MessageID] = []
+                for i in 0..<200 { ids.append(try await t.engine.broker.publish(PublishRequest(channel: ch, event: "e", data: "\(i)")).id) }
+                return ids
+            }
+            let sinks = (0..<8).map { _ in IDSink() }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for sink in sinks {
+                    group.addTask { _ = try await hub.subscribe(ch, sink: sink, since: MessageID.zero) { _ in } }
+                }
+                try await group.waitForAll()
+            }
+            let ids = try await publisher.value
+            for sink in sinks {
+                try await t.events.waitFor("every message on one subscriber") { sink.ids.count >= ids.count }
+                // Resumed from the start: the whole stream, in order, once.
+                #expect(sink.ids == ids)
+            }
+            #expect(hub.localCount(ch) == 8)
         }
     }
 }

@@ -1,4 +1,5 @@
 import Logging
+import NIOCore
 import RealtimeCore
 import RealtimeRedis
 import RealtimeTestSupport
@@ -28,6 +29,11 @@ final class EventRecorder: Sendable {
 
     var all: [EngineEvent] { events.withLock { $0 } }
 
+    /// Waits (bounded) until `condition` holds.
+    func waitFor(_ what: String, timeout: Duration = .seconds(10), until condition: () -> Bool) async throws {
+        try await wait(what, timeout: timeout) { _ in condition() }
+    }
+
     /// Waits (bounded) until `condition` holds over the recorded events.
     func wait(_ what: String, timeout: Duration = .seconds(5), until condition: (EventRecorder) -> Bool) async throws {
         let deadline = ContinuousClock.now + timeout
@@ -42,38 +48,62 @@ final class EventRecorder: Sendable {
 }
 
 struct EngineUnderTest {
-    let engine: any Engine
+    let engine: Engine
     let clock: ManualClock
     let events: EventRecorder
+    /// A node hub on top of the engine, when asked for (it then receives the engine's events).
+    let hub: ChannelHub?
+}
+
+/// A subscriber sink that records message ids.
+final class IDSink: SubscriberSink {
+    let received = Mutex<[MessageID]>([])
+    var eventLoop: (any EventLoop)? { nil }
+    func write(_ frame: WireFrame) -> Bool {
+        let text = String(buffer: frame.text)
+        if text.hasPrefix("{\"type\":\"message\""), let r = text.range(of: "\"id\":\""), let id = MessageID(text[r.upperBound...].prefix { $0 != "\"" }) {
+            received.withLock { $0.append(id) }
+        }
+        return false
+    }
+    func flush() {}
+    func slowConsumer() {}
+    func channelEnded(_ channel: ChannelName) {}
+    var ids: [MessageID] { received.withLock { $0 } }
 }
 
 /// Makes a fresh engine of the kind, runs it while `body` runs, then stops it.
 func withEngine(
-    _ kind: EngineKind, configuration: EngineConfiguration = .init(), _ body: (EngineUnderTest) async throws -> Void
+    _ kind: EngineKind, configuration: EngineConfiguration = .init(), hub withHub: Bool = false, _ body: (EngineUnderTest) async throws -> Void
 ) async throws {
     let clock = ManualClock(milliseconds: 1_800_000_000_000)
-    let engine: any Engine
+    let engine: Engine
     var server: RedisServerProcess?
     switch kind {
-    case .memory: engine = MemoryEngine(configuration: configuration, clock: clock)
+    case .memory: engine = MemoryEngine(configuration: configuration, clock: clock).engine
     case .redis:
         let s = try RedisServerProcess()
         try await s.start()
         server = s
         var logger = Logger(label: "test-redis")
         logger.logLevel = .critical
-        engine = try RedisEngine(url: s.url, configuration: configuration, nodeID: "test-node", clock: clock, logger: logger)
+        engine = try RedisEngine(url: s.url, configuration: configuration, nodeID: "test-node", clock: clock, presenceClock: clock, logger: logger).engine
     }
     defer { server?.stop() }
     let recorder = EventRecorder()
+    let hub = withHub ? ChannelHub(engine: engine) : nil
     try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { try await engine.run(delivering: { recorder.record($0) }) }
+        if let hub {
+            group.addTask { try await hub.run() }
+        } else {
+            group.addTask { try await engine.run(delivering: { recorder.record($0) }) }
+        }
         // Let `run` install its handler (and, for Redis, its pub/sub connection) before the test acts.
         try await Task.sleep(for: .milliseconds(20))
         let ready = ContinuousClock.now + .seconds(10)
-        while (try? await engine.checkReady()) == nil, ContinuousClock.now < ready { try await Task.sleep(for: .milliseconds(20)) }
+        while (try? await engine.broker.checkReady()) == nil, ContinuousClock.now < ready { try await Task.sleep(for: .milliseconds(20)) }
         do {
-            try await body(EngineUnderTest(engine: engine, clock: clock, events: recorder))
+            try await body(EngineUnderTest(engine: engine, clock: clock, events: recorder, hub: hub))
         } catch {
             group.cancelAll()
             throw error

@@ -4,7 +4,7 @@ import Synchronization
 import Testing
 @testable import RealtimeCore
 
-/// A sink that records the message ids it is sent.
+/// A sink that records the frames it is sent.
 final class RecordingSink: SubscriberSink {
     let frames = Mutex<[String]>([])
     let slow = Atomic<Bool>(false)
@@ -17,56 +17,286 @@ final class RecordingSink: SubscriberSink {
     func slowConsumer() { slow.store(true, ordering: .relaxed) }
     func channelEnded(_ channel: ChannelName) { frames.withLock { $0.append("ended:\(channel)") } }
 
+    var all: [String] { frames.withLock { $0 } }
+
     var messageIDs: [String] {
-        frames.withLock { $0 }.compactMap { f in
+        all.compactMap { f in
             guard f.hasPrefix("{\"type\":\"message\""), let r = f.range(of: "\"id\":\"") else { return nil }
             return String(f[r.upperBound...].prefix { $0 != "\"" })
         }
     }
 }
 
+/// The memory engine's broker with a link the test controls: it can hold `subscribe` until
+/// released, fail it, go down (dropping events, as a lost pub/sub connection does) and come
+/// back, and fail replays. The hub's guarantees are checked against it without I/O.
+final class ScriptedBroker: Broker {
+    let memory: MemoryEngine
+    struct State {
+        var handler: (@Sendable (EngineEvent) -> Void)?
+        var down = false
+        var subscribes: [ChannelName] = []
+        var unsubscribes: [ChannelName] = []
+        var gate: [CheckedContinuation<Void, Never>] = []
+        var holdSubscribes = false
+        var failSubscribes = false
+        var failReplays = 0
+    }
+    let state = Mutex(State())
+
+    init(_ memory: MemoryEngine) { self.memory = memory }
+
+    func run(delivering handler: @escaping @Sendable (EngineEvent) -> Void) async throws {
+        state.withLock { $0.handler = handler }
+        try await memory.run(delivering: { [weak self] event in
+            guard let self else { return }
+            let (deliver, down) = self.state.withLock { ($0.handler, $0.down) }
+            if !down { deliver?(event) }
+        })
+    }
+
+    func subscribe(_ channel: ChannelName) async throws {
+        let (hold, fail) = state.withLock { s in
+            s.subscribes.append(channel)
+            return (s.holdSubscribes, s.failSubscribes)
+        }
+        if hold { await withCheckedContinuation { c in state.withLock { $0.gate.append(c) } } }
+        if fail { throw RealtimeError.engineUnavailable() }
+    }
+
+    func unsubscribe(_ channel: ChannelName) async { state.withLock { $0.unsubscribes.append(channel) } }
+
+    func release() {
+        let waiting = state.withLock { s in
+            s.holdSubscribes = false
+            defer { s.gate = [] }
+            return s.gate
+        }
+        for c in waiting { c.resume() }
+    }
+
+    var heldSubscribes: Int { state.withLock { $0.gate.count } }
+
+    /// The link drops: events are lost from now on until `restore`.
+    func interrupt() {
+        let handler = state.withLock { s in
+            s.down = true
+            return s.handler
+        }
+        handler?(.interrupted)
+    }
+
+    func restore() {
+        let handler = state.withLock { s in
+            s.down = false
+            return s.handler
+        }
+        handler?(.restored)
+    }
+
+    func publish(_ request: PublishRequest) async throws -> PublishOutcome { try await memory.publish(request) }
+    func history(_ channel: ChannelName, _ query: HistoryQuery) async throws -> HistoryPage { try await memory.history(channel, query) }
+    func replay(_ channel: ChannelName, after position: MessageID, limit: Int) async throws -> Replay {
+        let fail = state.withLock { s -> Bool in
+            guard s.failReplays > 0 else { return false }
+            s.failReplays -= 1
+            return true
+        }
+        if fail { throw RealtimeError.engineUnavailable() }
+        return try await memory.replay(channel, after: position, limit: limit)
+    }
+    func position(_ channel: ChannelName) async throws -> MessageID { try await memory.position(channel) }
+    func checkReady() async throws { try await memory.checkReady() }
+}
+
+/// A hub over a scripted broker, running while `body` runs.
+func withHub(pageSize: Int = 7, _ body: (ChannelHub, ScriptedBroker) async throws -> Void) async throws {
+    let memory = MemoryEngine(configuration: EngineConfiguration(replayPageSize: pageSize))
+    let broker = ScriptedBroker(memory)
+    let engine = Engine(configuration: memory.configuration, broker: broker, presence: memory, channels: memory, keys: memory)
+    let hub = ChannelHub(engine: engine)
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await hub.run() }
+        try await waitUntil("the engine to run") { (try? await engine.broker.checkReady()) != nil }
+        do {
+            try await body(hub, broker)
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+        group.cancelAll()
+    }
+}
+
+func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("timed out waiting for \(what)")
+            throw CancellationError()
+        }
+        try await Task.sleep(for: .milliseconds(5))
+    }
+}
+
 @Suite struct ChannelHubTests {
+    let ch = try! ChannelName(validating: "race")
+
+    func publish(_ broker: ScriptedBroker, _ range: Range<Int>) async throws -> [MessageID] {
+        var ids: [MessageID] = []
+        for i in range { ids.append(try await broker.publish(PublishRequest(channel: ch, event: "e", data: "\(i)")).id) }
+        return ids
+    }
+
     @Test func resumeWhilePublishingHasNoGapAndNoDuplicate() async throws {
-        let engine = MemoryEngine()
-        let hub = ChannelHub(engine: engine)
-        let s = ChannelSettings(name: try ChannelName(validating: "race"), type: .public, historySize: 10_000, historyTTLSeconds: 3600, createdAt: 0, explicit: true)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await engine.run(delivering: { hub.handle($0) }) }
-            try await Task.sleep(for: .milliseconds(20))
-            var published: [MessageID] = []
-            for i in 0..<100 { published.append(try await engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
+        try await withHub { hub, broker in
+            var published = try await publish(broker, 0..<100)
             let resumeFrom = published[49]
-            let publisher = Task {
-                var ids: [MessageID] = []
-                for i in 100..<600 { ids.append(try await engine.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
-                return ids
-            }
+            let publisher = Task { try await publish(broker, 100..<600) }
             let sink = RecordingSink()
             let announced = Mutex<SubscribeOutcome?>(nil)
-            _ = try await hub.subscribe(s.name, sink: sink, since: resumeFrom) { o in announced.withLock { $0 = o } }
+            _ = try await hub.subscribe(ch, sink: sink, since: resumeFrom) { o in announced.withLock { $0 = o } }
             published += try await publisher.value
             let expected = published.drop { $0 <= resumeFrom }.map(\.description)
+            try await waitUntil("every message") { sink.messageIDs.count >= expected.count }
             #expect(sink.messageIDs == expected)
             #expect(announced.withLock { $0 }?.resumed == true)
-            group.cancelAll()
         }
     }
 
     @Test func encodesOnceAndDeliversTheSameBytesToEverySubscriber() async throws {
-        let engine = MemoryEngine()
-        let hub = ChannelHub(engine: engine)
-        let ch = try ChannelName(validating: "fan")
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await engine.run(delivering: { hub.handle($0) }) }
-            try await Task.sleep(for: .milliseconds(20))
+        try await withHub { hub, broker in
             let sinks = (0..<3).map { _ in RecordingSink() }
             for sink in sinks { _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in } }
             #expect(hub.localCount(ch) == 3)
-            _ = try await engine.publish(PublishRequest(channel: ch, event: "e", data: "{}"))
-            let frames = sinks.map { $0.frames.withLock { $0 } }
-            #expect(frames[0].count == 1 && frames.allSatisfy { $0 == frames[0] })
-            #expect(try await engine.channelStats(ch).subscribers == 3)
-            group.cancelAll()
+            _ = try await publish(broker, 0..<1)
+            try await waitUntil("delivery") { sinks.allSatisfy { $0.all.count == 1 } }
+            let frames = sinks.map(\.all)
+            #expect(frames.allSatisfy { $0 == frames[0] })
+            try await waitUntil("the count report") { try await broker.memory.stats(ch).subscribers == 3 }
+        }
+    }
+
+    @Test func concurrentFirstSubscribersShareOneAttachAndMissNothing() async throws {
+        try await withHub { hub, broker in
+            broker.state.withLock { $0.holdSubscribes = true }
+            let sinks = (0..<5).map { _ in RecordingSink() }
+            let subscribing = Task {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for sink in sinks { group.addTask { _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in } } }
+                    try await group.waitForAll()
+                }
+            }
+            try await waitUntil("the first attach to reach the broker") { broker.heldSubscribes == 1 }
+            // Published while attaching: nobody had subscribed live yet, so nobody gets it.
+            _ = try await publish(broker, 0..<3)
+            broker.release()
+            try await subscribing.value
+            let live = try await publish(broker, 3..<10).map(\.description)
+            try await waitUntil("live messages") { sinks.allSatisfy { $0.messageIDs.count >= live.count } }
+            for sink in sinks { #expect(sink.messageIDs == live) }
+            #expect(broker.state.withLock { $0.subscribes } == [ch])
+        }
+    }
+
+    @Test func aFailedAttachFailsEveryWaiterAndLeavesNoSubscription() async throws {
+        try await withHub { hub, broker in
+            broker.state.withLock {
+                $0.holdSubscribes = true
+                $0.failSubscribes = true
+            }
+            let results = Task {
+                await withTaskGroup(of: Bool.self) { group in
+                    for _ in 0..<3 {
+                        group.addTask { (try? await hub.subscribe(ch, sink: RecordingSink(), since: nil) { _ in }) != nil }
+                    }
+                    return await group.reduce(into: [Bool]()) { $0.append($1) }
+                }
+            }
+            try await waitUntil("the attach") { broker.heldSubscribes == 1 }
+            try await Task.sleep(for: .milliseconds(50))
+            broker.release()
+            #expect(await results.value == [false, false, false])
+            #expect(hub.localCount(ch) == 0)
+            // The next subscriber attaches afresh and works.
+            broker.state.withLock { $0.failSubscribes = false }
+            let sink = RecordingSink()
+            _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in }
+            let ids = try await publish(broker, 0..<2).map(\.description)
+            try await waitUntil("delivery") { sink.messageIDs == ids }
+            #expect(broker.state.withLock { $0.subscribes.count } == 2)
+        }
+    }
+
+    @Test func lastUnsubscribeDetachesAndDeleteDetaches() async throws {
+        try await withHub { hub, broker in
+            let a = try #require(try await hub.subscribe(ch, sink: RecordingSink(), since: nil) { _ in })
+            let b = try #require(try await hub.subscribe(ch, sink: RecordingSink(), since: nil) { _ in })
+            await hub.unsubscribe(a)
+            #expect(broker.state.withLock { $0.unsubscribes }.isEmpty)
+            await hub.unsubscribe(b)
+            #expect(broker.state.withLock { $0.unsubscribes } == [ch])
+            let sink = RecordingSink()
+            _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in }
+            _ = try await publish(broker, 0..<1)
+            #expect(try await broker.memory.delete(ch))
+            try await waitUntil("the deleted channel to detach") { broker.state.withLock { $0.unsubscribes.count } == 2 }
+            #expect(sink.all.last == "ended:race" && hub.localCount(ch) == 0)
+        }
+    }
+
+    @Test func afterAnInterruptionTheHubReadsWhatWasMissedInPagesThenGoesLive() async throws {
+        try await withHub(pageSize: 4) { hub, broker in
+            let sink = RecordingSink()
+            _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in }
+            var expected = try await publish(broker, 0..<5)
+            try await waitUntil("live") { sink.messageIDs.count == 5 }
+            broker.interrupt()
+            expected += try await publish(broker, 5..<23)  // lost on the link
+            broker.state.withLock { $0.failReplays = 2 }  // and the first reads fail
+            broker.restore()
+            expected += try await publish(broker, 23..<30)
+            try await waitUntil("catch-up") { sink.messageIDs.count >= 30 }
+            expected += try await publish(broker, 30..<32)
+            try await waitUntil("live again") { sink.messageIDs.count >= 32 }
+            #expect(sink.messageIDs == expected.map(\.description))
+        }
+    }
+
+    @Test func historyTrimmedDuringAnInterruptionIsReportedNotSkippedSilently() async throws {
+        try await withHub { hub, broker in
+            _ = try await broker.memory.create(ChannelSettings(name: ch, type: .public, historySize: 3, historyTTLSeconds: 3600, createdAt: 0, explicit: true))
+            let sink = RecordingSink()
+            _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in }
+            broker.interrupt()
+            let ids = try await publish(broker, 0..<10)
+            broker.restore()
+            try await waitUntil("the retained messages") { sink.messageIDs.count == 3 }
+            #expect(sink.messageIDs == ids.suffix(3).map(\.description))
+            #expect(sink.all.first?.contains("\"resumed\":false") == true)
+        }
+    }
+
+    @Test func presenceMissedDuringAnInterruptionIsReconciled() async throws {
+        try await withHub { hub, broker in
+            let memory = broker.memory
+            func member(_ id: String) -> PresenceMember {
+                PresenceMember(clientID: id, userID: nil, connectionID: id, data: nil, enteredAt: 1, updatedAt: 1)
+            }
+            try await memory.enter(ch, member: member("stays"))
+            try await memory.enter(ch, member: member("leaves"))
+            let sink = RecordingSink()
+            _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in }
+            broker.interrupt()
+            try await memory.leave(ch, connectionID: "leaves")
+            try await memory.enter(ch, member: member("arrives"))
+            broker.restore()
+            try await waitUntil("reconciled presence") { sink.all.count >= 2 }
+            try await Task.sleep(for: .milliseconds(100))
+            let events = sink.all
+            #expect(events.count == 2)
+            #expect(events.contains { $0.contains("\"action\":\"leave\"") && $0.contains("\"connection_id\":\"leaves\"") })
+            #expect(events.contains { $0.contains("\"action\":\"enter\"") && $0.contains("\"connection_id\":\"arrives\"") })
         }
     }
 }

@@ -8,19 +8,19 @@ import Testing
     @Test func gracefulShutdownSends1012AndRemovesPresenceWithinTheBound() async throws {
         let engine = MemoryEngine()
         let channel = try ChannelName(validating: "bye")
-        try await TestNode.with(engine: engine) { node in
+        try await TestNode.with(engine: engine.engine) { node in
             let a = try await node.connect(try await node.token(client: "a"))
             let b = try await node.connect(try await node.token(client: "b"))
             for s in [a, b] {
                 _ = try await s.call("subscribe", #""channel":"bye""#)
                 _ = try await s.call("presence.enter", #""channel":"bye""#)
             }
-            #expect(try await engine.presenceMembers(channel).count == 2)
+            #expect(try await engine.members(channel).count == 2)
             let start = ContinuousClock.now
             await node.group.triggerGracefulShutdown()
             #expect(try await a.closeCode() == 1012)
             #expect(try await b.closeCode() == 1012)
-            try await node.eventually("members removed") { try await engine.presenceMembers(channel).isEmpty }
+            try await node.eventually("members removed") { try await engine.members(channel).isEmpty }
             #expect(ContinuousClock.now - start < .seconds(5))
         }
     }

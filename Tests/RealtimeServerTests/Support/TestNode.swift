@@ -29,7 +29,7 @@ struct TestNode {
 
     /// Runs `body` against a fresh node, then shuts the node down gracefully.
     static func with(
-        engine: (any Engine)? = nil,
+        engine: Engine? = nil,
         _ adjust: (inout GatewayConfiguration) -> Void = { _ in }, _ body: (TestNode) async throws -> Void
     ) async throws {
         var logger = Logger(label: "test")

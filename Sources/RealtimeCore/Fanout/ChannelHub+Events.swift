@@ -1,0 +1,199 @@
+import NIOCore
+
+extension ChannelHub {
+    /// The engine's event handler. The broker calls it serially per channel.
+    public func handle(_ event: EngineEvent) {
+        switch event {
+        case .message(let message):
+            route(message.channel, event)
+        case .presence(let presence):
+            route(presence.channel, event)
+        case .channelDeleted(let channel):
+            channelDeleted(channel)
+        case .keyRevoked:
+            controlHandler.withLock { $0 }?(event)
+        case .interrupted:
+            brokerUp.store(false, ordering: .relaxed)
+            interruptions.add(1, ordering: .relaxed)
+            for shard in shards {
+                let toRecover = shard.withLock { s -> [ChannelName] in
+                    var recover: [ChannelName] = []
+                    for name in Array(s.channels.keys) {
+                        switch s.channels[name]!.link {
+                        case .attached:
+                            s.channels[name]!.link = .recovering
+                            recover.append(name)
+                        case .attaching:
+                            s.channels[name]!.missed = true
+                        case .recovering, .detaching:
+                            break
+                        }
+                    }
+                    return recover
+                }
+                for name in toRecover { schedule(.recover(name)) }
+            }
+        case .restored:
+            brokerUp.store(true, ordering: .relaxed)
+        }
+    }
+
+    /// Holds the event while the channel's link is not attached; delivers it otherwise.
+    func route(_ channel: ChannelName, _ event: EngineEvent) {
+        var slow: [any SubscriberSink] = []
+        shard(channel).withLock { s in
+            guard s.channels[channel] != nil else { return }
+            // Moved out and back so buffers are mutated in place, not copied.
+            var ch = s.channels.removeValue(forKey: channel)!
+            defer { s.channels[channel] = ch }
+            switch ch.link {
+            case .attached:
+                process(event, &ch, slow: &slow)
+            case .attaching, .recovering:
+                guard !ch.heldOverflowed else { return }
+                if ch.held.count >= resumeBufferLimit {
+                    // Everything held is in history too: drop it and read it from there.
+                    ch.heldOverflowed = true
+                    ch.held = []
+                } else {
+                    ch.held.append(event)
+                }
+            case .detaching:
+                break
+            }
+        }
+        for sink in slow { sink.slowConsumer() }
+    }
+
+    /// Passes one event to the channel's subscribers (under its shard lock): messages at or
+    /// below the last delivered id are dropped; live sinks get the frame queued on their loops,
+    /// pending ones buffer it.
+    func process(_ event: EngineEvent, _ ch: inout Channel, slow: inout [any SubscriberSink]) {
+        let frame: WireFrame
+        let item: Buffered
+        switch event {
+        case .message(let m):
+            guard m.id > ch.lastDelivered else { return }
+            ch.lastDelivered = m.id
+            frame = WireFrame(text: m.json(asPush: true))
+            item = .message(m.id, frame)
+        case .presence(let p):
+            if ch.members != nil {
+                ch.members![p.member.connectionID] = p.action == .leave ? nil : p.member
+            }
+            frame = WireFrame(text: p.pushJSON)
+            item = .frame(frame)
+        default:
+            return
+        }
+        if !ch.pending.isEmpty {
+            for id in Array(ch.pending.keys) where !ch.pending[id]!.overflowed {
+                if ch.pending[id]!.items.count >= resumeBufferLimit {
+                    ch.pending[id]!.overflowed = true
+                    ch.pending[id]!.items.removeAll()
+                    slow.append(ch.pending[id]!.sink)
+                } else {
+                    ch.pending[id]!.items.append(item)
+                }
+            }
+        }
+        if !ch.live.isEmpty { fanOut(frame, to: ch.live) }
+    }
+
+    func channelDeleted(_ channel: ChannelName) {
+        var sinks: [any SubscriberSink] = []
+        let detach = shard(channel).withLock { s -> Bool in
+            guard var ch = s.channels.removeValue(forKey: channel) else { return false }
+            sinks = ch.live.map(\.sink) + ch.pending.values.map(\.sink)
+            ch.live = []
+            ch.pending = [:]
+            ch.held = []
+            let waiters = ch.waiters
+            ch.waiters = []
+            for w in waiters { w.resume() }
+            var detach = false
+            if ch.link == .attached || ch.link == .recovering {
+                ch.link = .detaching
+                detach = true
+            }
+            s.channels[channel] = ch
+            return detach
+        }
+        for sink in sinks { sink.channelEnded(channel) }
+        if detach { schedule(.detach(channel)) }
+        markCountDirty(channel)
+    }
+
+    /// Writes frames to one sink on its loop, then flushes.
+    static func deliver(_ frames: [WireFrame], to sink: any SubscriberSink) {
+        guard !frames.isEmpty else { return }
+        guard let loop = sink.eventLoop else {
+            for f in frames { _ = sink.write(f) }
+            sink.flush()
+            return
+        }
+        loop.execute {
+            for f in frames { _ = sink.write(f) }
+            sink.flush()
+        }
+    }
+
+    /// Writes one frame to many sinks: one task per event loop writes it to each of that loop's
+    /// sinks, so a message costs a hop per loop rather than per subscriber. Flushes are
+    /// coalesced by the loop's ``FlushBatch``: when messages arrive faster than the loop writes
+    /// them, each socket gets one system call for several frames instead of one per frame.
+    func fanOut(_ frame: WireFrame, to live: [LiveEntry]) {
+        if live.count == 1 {
+            Self.deliver([frame], to: live[0].sink)
+            return
+        }
+        var groups: [(loop: (any EventLoop)?, batch: FlushBatch?, sinks: [any SubscriberSink])] = []
+        for entry in live {
+            if let i = groups.firstIndex(where: { $0.loop === entry.loop }) {
+                groups[i].sinks.append(entry.sink)
+            } else {
+                groups.append((entry.loop, entry.batch, [entry.sink]))
+            }
+        }
+        for group in groups {
+            let sinks = group.sinks
+            guard let loop = group.loop, let batch = group.batch else {
+                for s in sinks { _ = s.write(frame) }
+                for s in sinks { s.flush() }
+                continue
+            }
+            loop.execute {
+                for s in sinks where s.write(frame) { batch.dirty.append(s) }
+                batch.schedule(on: loop)
+            }
+        }
+    }
+
+    func flushBatch(for loop: any EventLoop) -> FlushBatch {
+        batches.withLock { b in
+            let key = ObjectIdentifier(loop)
+            if let batch = b[key] { return batch }
+            let batch = FlushBatch()
+            b[key] = batch
+            return batch
+        }
+    }
+}
+
+/// Sinks of one event loop written to but not yet flushed. Touched only on that loop.
+final class FlushBatch: @unchecked Sendable {
+    var dirty: [any SubscriberSink] = []
+    private var scheduled = false
+
+    /// Queues one flush pass behind the tasks already queued on the loop (further fan-outs).
+    func schedule(on loop: any EventLoop) {
+        guard !scheduled, !dirty.isEmpty else { return }
+        scheduled = true
+        loop.execute {
+            let sinks = self.dirty
+            self.dirty = []
+            self.scheduled = false
+            for s in sinks { s.flush() }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+import NIOCore
+
+extension ChannelHub {
+    /// Brings a channel whose broker link was interrupted back to live delivery: reads what it
+    /// missed from history in bounded pages after the last delivered id, then what was held
+    /// meanwhile, and reconciles presence. Retries (with backoff) until it succeeds or the
+    /// channel has no subscribers left; never goes live over a gap it could still read.
+    func recover(_ channel: ChannelName) async {
+        let claimed = shard(channel).withLock { s -> Bool in
+            guard let ch = s.channels[channel], ch.link == .recovering, !ch.recovering else { return false }
+            s.channels[channel]!.recovering = true
+            return true
+        }
+        guard claimed else { return }
+        defer { shard(channel).withLock { s in if s.channels[channel] != nil { s.channels[channel]!.recovering = false } } }
+        var backoff = Duration.milliseconds(50)
+        while !Task.isCancelled {
+            guard brokerUp.load(ordering: .relaxed) else {
+                try? await Task.sleep(for: .milliseconds(50))
+                continue
+            }
+            let epoch = interruptions.load(ordering: .relaxed)
+            guard let from = shard(channel).withLock({ s -> MessageID? in
+                guard let ch = s.channels[channel], ch.link == .recovering else { return nil }
+                return ch.lastDelivered
+            }) else { return }
+            do {
+                let page = try await broker.replay(channel, after: from, limit: engine.configuration.replayPageSize)
+                let members = page.hasMore ? nil : try await engine.presence.members(channel)
+                if caughtUp(channel, from: from, page: page, members: members, epoch: epoch) { return }
+                backoff = .milliseconds(50)
+            } catch {
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(2))
+            }
+        }
+    }
+
+    /// Delivers one page of missed messages; after the last page, reconciles presence, delivers
+    /// what was held and goes live. Returns true when recovery is over (or no longer needed).
+    func caughtUp(_ channel: ChannelName, from: MessageID, page: Replay, members: [PresenceMember]?, epoch: Int) -> Bool {
+        var slow: [any SubscriberSink] = []
+        let done = shard(channel).withLock { s -> Bool in
+            guard var ch = s.channels.removeValue(forKey: channel) else { return true }
+            defer { s.channels[channel] = ch }
+            guard ch.link == .recovering, ch.lastDelivered == from else { return ch.link != .recovering }
+            if !page.complete {
+                // Trimmed before this node could read it: the subscribers lost messages. Tell
+                // them as a resume would (`resumed: false`), then go on with what is retained.
+                let notice = WireFrame(text: Self.resyncNotice(channel))
+                if !ch.live.isEmpty { fanOut(notice, to: ch.live) }
+                for id in Array(ch.pending.keys) { ch.pending[id]!.items.append(.frame(notice)) }
+            }
+            for m in page.messages { process(.message(m), &ch, slow: &slow) }
+            if page.hasMore { return false }
+            if ch.heldOverflowed {
+                ch.heldOverflowed = false
+                ch.held = []
+                return false
+            }
+            // A new interruption since this read began: read again once the link is back.
+            guard epoch == interruptions.load(ordering: .relaxed), brokerUp.load(ordering: .relaxed) else { return false }
+            if let members { reconcilePresence(channel, members, &ch, slow: &slow) }
+            let held = ch.held
+            ch.held = []
+            for event in held {
+                if case .presence(let p) = event, let known = ch.members {
+                    // Already reflected by the reconciliation above.
+                    let current = known[p.member.connectionID]
+                    if p.action == .leave ? current == nil : current == p.member { continue }
+                }
+                process(event, &ch, slow: &slow)
+            }
+            ch.link = .attached
+            return true
+        }
+        for sink in slow { sink.slowConsumer() }
+        return done
+    }
+
+    /// Sends the subscribers the presence changes they missed: `enter` for members they have
+    /// not seen, `update` for changed ones, `leave` for members gone.
+    func reconcilePresence(_ channel: ChannelName, _ members: [PresenceMember], _ ch: inout Channel, slow: inout [any SubscriberSink]) {
+        guard let known = ch.members else {
+            ch.members = Dictionary(members.map { ($0.connectionID, $0) }, uniquingKeysWith: { $1 })
+            return
+        }
+        var events: [PresenceEvent] = []
+        var current: [String: PresenceMember] = [:]
+        for m in members {
+            current[m.connectionID] = m
+            if let old = known[m.connectionID] {
+                if old != m { events.append(PresenceEvent(channel: channel, action: .update, member: m)) }
+            } else {
+                events.append(PresenceEvent(channel: channel, action: .enter, member: m))
+            }
+        }
+        for (id, old) in known.sorted(by: { $0.key < $1.key }) where current[id] == nil {
+            events.append(PresenceEvent(channel: channel, action: .leave, member: old))
+        }
+        for e in events { process(.presence(e), &ch, slow: &slow) }
+        ch.members = current
+    }
+
+    /// `{"type":"subscribed","channel","resumed":false,"replayed":0}` without a `ref`: the
+    /// channel's live stream lost messages this node could not read back.
+    static func resyncNotice(_ channel: ChannelName) -> String {
+        var w = JSONWriter()
+        w.raw("{\"type\":\"subscribed\"")
+        w.key("channel")
+        w.string(channel.rawValue)
+        w.raw(",\"resumed\":false,\"replayed\":0}")
+        return w.text
+    }
+
+    // MARK: Subscriber counts
+
+    /// Notes that the channel's local count changed; one task at a time reports counts, so a
+    /// stale count never overwrites a newer one.
+    func markCountDirty(_ channel: ChannelName) {
+        let start = background.withLock { b -> Bool in
+            b.dirtyCounts.insert(channel)
+            guard !b.reporting, b.jobs != nil else { return false }
+            b.reporting = true
+            return true
+        }
+        if start { schedule(.reportCounts) }
+    }
+
+    func reportCounts() async {
+        while !Task.isCancelled {
+            let dirty = background.withLock { b -> Set<ChannelName> in
+                let d = b.dirtyCounts
+                b.dirtyCounts = []
+                if d.isEmpty { b.reporting = false }
+                return d
+            }
+            if dirty.isEmpty { return }
+            for channel in dirty {
+                do {
+                    try await engine.channels.reportLocalSubscribers(channel, count: localCount(channel))
+                } catch {
+                    // Reported again on the next change; a node's count also ages out with its heartbeat.
+                    background.withLock { _ = $0.dirtyCounts.insert(channel) }
+                    try? await Task.sleep(for: .milliseconds(500))
+                }
+            }
+        }
+    }
+}
