@@ -74,6 +74,17 @@ extension RedisEngine: PresenceStore {
     }
 
     public func sweep() async throws -> Int {
+        do {
+            let removed = try await sweepChannels()
+            if removed > 0 { logger.debug("presence sweep", metadata: ["removed": "\(removed)"]) }
+            return removed
+        } catch {
+            logger.warning("presence sweep failed", metadata: ["error": "\(error)"])
+            throw error
+        }
+    }
+
+    func sweepChannels() async throws -> Int {
         let now = presenceNow
         let channels = try await call { try await redis.send(["SMEMBERS", keys.presenceChannels]) }
         var removed = 0

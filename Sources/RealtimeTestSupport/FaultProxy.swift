@@ -10,6 +10,8 @@ public final class FaultProxy: Sendable {
     let group: any EventLoopGroup
     let state = Mutex(State())
     let delayNanos = Atomic<Int64>(0)
+    /// Read per chunk: a read already armed when `pause` turned reading off still delivers.
+    let holding = Atomic<Bool>(false)
 
     struct Pair {
         var client: any Channel
@@ -52,6 +54,7 @@ public final class FaultProxy: Sendable {
 
     /// Holds bytes both ways on every connection, old and new, until `resume`.
     public func pause() {
+        holding.store(true, ordering: .relaxed)
         let channels = state.withLock { s -> [any Channel] in
             s.paused = true
             return s.pairs.values.flatMap { [$0.client] + [$0.upstream].compactMap { $0 } }
@@ -60,6 +63,7 @@ public final class FaultProxy: Sendable {
     }
 
     public func resume() {
+        holding.store(false, ordering: .relaxed)
         let channels = state.withLock { s -> [any Channel] in
             s.paused = false
             return s.pairs.values.flatMap { [$0.client] + [$0.upstream].compactMap { $0 } }
@@ -94,9 +98,10 @@ public final class FaultProxy: Sendable {
         let clientSide = Relay(proxy: self)
         try client.pipeline.syncOperations.addHandler(clientSide)
         state.withLock { $0.pairs[key] = Pair(client: client, upstream: nil) }
+        // The relays close the other side once they have passed on what they hold, as TCP
+        // delivers data sent before a FIN when a partition heals.
         client.closeFuture.whenComplete { [self] _ in
-            let upstream = state.withLock { $0.pairs.removeValue(forKey: key)?.upstream }
-            upstream?.close(promise: nil)
+            _ = state.withLock { $0.pairs.removeValue(forKey: key) }
         }
         ClientBootstrap(group: client.eventLoop)
             .channelOption(.autoRead, value: false)
@@ -124,7 +129,6 @@ public final class FaultProxy: Sendable {
                         upstream.close(promise: nil)
                         return
                     }
-                    upstream.closeFuture.whenComplete { _ in client.close(promise: nil) }
                     if !paused {
                         client.setOption(.autoRead, value: true).whenComplete { _ in }
                         upstream.setOption(.autoRead, value: true).whenComplete { _ in }
@@ -134,24 +138,58 @@ public final class FaultProxy: Sendable {
     }
 }
 
-/// Forwards what one side reads to the other, after the proxy's delay.
+/// Forwards what one side reads to the other, after the proxy's delay; holds it while paused.
 final class Relay: ChannelInboundHandler, @unchecked Sendable {
-    // @unchecked: `partner` is set once in the upstream's initializer, before either side reads.
+    // @unchecked: `partner` is set once in the upstream's initializer, before either side
+    // reads; `held` and `waiting` are touched only on the channel's loop.
     typealias InboundIn = ByteBuffer
     let proxy: FaultProxy
     var partner: (any Channel)?
+    private var held: [ByteBuffer] = []
+    private var waiting = false
+    private var closing = false
 
     init(proxy: FaultProxy) { self.proxy = proxy }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let bytes = unwrapInboundIn(data)
-        guard let partner else { return }
-        let delay = proxy.delay
-        if delay.nanoseconds > 0 {
-            context.eventLoop.scheduleTask(in: delay) { partner.writeAndFlush(bytes, promise: nil) }
-        } else {
-            partner.writeAndFlush(bytes, promise: nil)
+        held.append(unwrapInboundIn(data))
+        release(context.eventLoop)
+    }
+
+    /// Forwards what is held, in order, unless the proxy is paused; then looks again shortly.
+    private func release(_ loop: any EventLoop) {
+        guard !waiting, !held.isEmpty, let partner else { return }
+        guard !proxy.holding.load(ordering: .relaxed) else {
+            waiting = true
+            loop.scheduleTask(in: .milliseconds(20)) {
+                self.waiting = false
+                self.release(loop)
+            }
+            return
         }
+        let chunks = held
+        held = []
+        let delay = proxy.delay
+        let close = closing
+        if delay.nanoseconds > 0 {
+            loop.scheduleTask(in: delay) {
+                for bytes in chunks { partner.writeAndFlush(bytes, promise: nil) }
+                if close { partner.close(promise: nil) }
+            }
+        } else {
+            for bytes in chunks { partner.writeAndFlush(bytes, promise: nil) }
+            if close { partner.close(promise: nil) }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        closing = true
+        if held.isEmpty, !waiting {
+            partner?.close(promise: nil)
+        } else {
+            release(context.eventLoop)
+        }
+        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

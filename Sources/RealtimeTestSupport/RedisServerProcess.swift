@@ -13,14 +13,17 @@ public final class RedisServerProcess: @unchecked Sendable {
 
     /// Serves TLS only (with a CA and certificate made for the test) when set.
     public let tls: Bool
+    /// Keeps data across restarts (append-only file, fsync always), as a durable deployment does.
+    public let durable: Bool
 
     public var url: String {
         tls ? "rediss://127.0.0.1:\(port)?tls_ca_file=\(directory.path)/ca.crt" : "redis://127.0.0.1:\(port)"
     }
 
-    public init(port: Int? = nil, tls: Bool = false) throws {
+    public init(port: Int? = nil, tls: Bool = false, durable: Bool = false) throws {
         self.port = try port ?? Self.freePort()
         self.tls = tls
+        self.durable = durable
         self.directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         if tls { try makeCertificates() }
@@ -69,7 +72,7 @@ public final class RedisServerProcess: @unchecked Sendable {
                 "--tls-ca-cert-file", d + "/ca.crt", "--tls-auth-clients", "no"]
             : ["--port", String(port)]
         p.arguments = listen + [
-            "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--bind", "127.0.0.1", "--save", "", "--appendonly", durable ? "yes" : "no", "--appendfsync", "always",
             "--dir", d, "--protected-mode", "no", "--loglevel", "warning",
         ]
         p.standardOutput = FileHandle.nullDevice
@@ -89,7 +92,17 @@ public final class RedisServerProcess: @unchecked Sendable {
         return false
     }
 
-    /// Stops the server (SIGKILL: nothing is saved, clients see the connection drop).
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is answered.
+    public func suspend() {
+        if let p = process, p.isRunning { kill(p.processIdentifier, SIGSTOP) }
+    }
+
+    /// Lets a suspended server run again (SIGCONT).
+    public func resume() {
+        if let p = process { kill(p.processIdentifier, SIGCONT) }
+    }
+
+    /// Stops the server (SIGKILL: clients see the connection drop; only a durable server keeps data).
     public func stop() {
         guard let p = process, p.isRunning else { return }
         kill(p.processIdentifier, SIGKILL)

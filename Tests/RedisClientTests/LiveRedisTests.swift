@@ -4,6 +4,7 @@ import RedisClient
 import Synchronization
 import Testing
 import Logging
+import RealtimeTestSupport
 
 /// The client against a real redis-server started for the test.
 @Suite struct LiveRedisTests {
@@ -142,4 +143,39 @@ final class Locked<Value: Sendable>: Sendable {
     private let mutex: Mutex<Value>
     init(_ value: Value) { mutex = Mutex(value) }
     func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
+}
+
+/// The fault proxy the fault suite relies on: a paused link answers nothing (commands time out,
+/// and their outcome is unknown), a reset drops the connection, and both heal.
+@Suite struct FaultProxyTests {
+    @Test func pauseHoldsEveryByteAndResetDropsTheConnection() async throws {
+        let server = try RedisServerProcess()
+        try await server.start()
+        let proxy = FaultProxy(upstreamPort: server.port)
+        try await proxy.start()
+        var config = try RedisConfiguration(url: "redis://127.0.0.1:\(proxy.port)")
+        config.commandTimeout = .milliseconds(500)
+        let client = RedisCommandClient(configuration: config)
+        let direct = RedisCommandClient(configuration: try RedisConfiguration(url: server.url))
+        #expect(try await client.send(["SET", "k", "1"]).string == "OK")
+        proxy.pause()
+        try await Task.sleep(for: .milliseconds(100))
+        await #expect(throws: RedisError.timeout) { try await client.send(["SET", "k", "2"]) }
+        for _ in 0..<3 {
+            _ = try? await client.send(["SET", "k", "3"])
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        #expect(try await direct.send(["GET", "k"]).string == "1")
+        proxy.resume()
+        // What was sent before the client gave up still arrives when the link heals: a timed-out
+        // command may have been applied.
+        try await eventually(timeout: .seconds(10)) { (try? await direct.send(["GET", "k"]))?.string == "3" }
+        try await eventually(timeout: .seconds(10)) { (try? await client.send(["PING"]))?.string == "PONG" }
+        proxy.reset()
+        try await eventually(timeout: .seconds(10)) { (try? await client.send(["GET", "k"])) != nil }
+        client.close()
+        direct.close()
+        proxy.stop()
+        server.stop()
+    }
 }

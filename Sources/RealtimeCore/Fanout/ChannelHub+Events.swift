@@ -97,7 +97,19 @@ extension ChannelHub {
                 }
             }
         }
-        if !ch.live.isEmpty { fanOut(frame, to: ch.live) }
+        guard !ch.live.isEmpty else { return }
+        if case .message(let m) = event, let floor = ch.maxFloor {
+            guard m.id <= floor else {
+                ch.maxFloor = nil
+                fanOut(frame, to: ch.live)
+                return
+            }
+            // Some sinks already have this message (they resumed ahead of this node).
+            let behind = ch.live.filter { $0.floor.map { m.id > $0 } ?? true }
+            if !behind.isEmpty { fanOut(frame, to: behind) }
+            return
+        }
+        fanOut(frame, to: ch.live)
     }
 
     func channelDeleted(_ channel: ChannelName) {
@@ -108,8 +120,8 @@ extension ChannelHub {
             ch.live = []
             ch.pending = [:]
             ch.held = []
-            let waiters = ch.waiters
-            ch.waiters = []
+            let waiters = ch.waiters.values
+            ch.waiters = [:]
             for w in waiters { w.resume() }
             var detach = false
             if ch.link == .attached || ch.link == .recovering {

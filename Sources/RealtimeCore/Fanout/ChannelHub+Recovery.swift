@@ -72,6 +72,9 @@ extension ChannelHub {
                 process(event, &ch, slow: &slow)
             }
             ch.link = .attached
+            let waiters = ch.waiters.values
+            ch.waiters = [:]
+            for w in waiters { w.resume() }
             return true
         }
         for sink in slow { sink.slowConsumer() }

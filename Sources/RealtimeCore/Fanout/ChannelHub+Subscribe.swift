@@ -25,15 +25,17 @@ extension ChannelHub {
                 return .drive
             }
             s.channels[channel]!.pending[id] = Pending(sink: sink)
-            switch s.channels[channel]!.link {
-            case .attached, .recovering: return .ready
-            case .attaching, .detaching: return .wait
-            }
+            // A recovering channel is re-reading what its live subscribers missed, below any
+            // position a new subscriber resumes from: join once it is live again.
+            return s.channels[channel]!.link == .attached ? .ready : .wait
         }
         do {
             switch role {
-            case .drive: try await drive(channel)
-            case .wait: try await waitForLink(channel)
+            case .drive:
+                try await drive(channel)
+                // The link may have come up interrupted and be recovering.
+                try await waitForLink(channel, id)
+            case .wait: try await waitForLink(channel, id)
             case .ready: break
             }
         } catch {
@@ -72,7 +74,12 @@ extension ChannelHub {
             }
             // Queued on the sink's loop under the lock, so ahead of any live frame.
             Self.deliver(frames, to: sink)
-            s.channels[channel]!.live.append(LiveEntry(id: id, sink: sink, loop: sink.eventLoop, batch: sink.eventLoop.map(flushBatch(for:))))
+            var entry = LiveEntry(id: id, sink: sink, loop: sink.eventLoop, batch: sink.eventLoop.map(flushBatch(for:)))
+            if let last, last > s.channels[channel]!.lastDelivered {
+                entry.floor = last
+                s.channels[channel]!.maxFloor = max(s.channels[channel]!.maxFloor ?? last, last)
+            }
+            s.channels[channel]!.live.append(entry)
             return false
         }
         if overflowed { sink.slowConsumer() }
@@ -124,19 +131,15 @@ extension ChannelHub {
         if removed { markCountDirty(channel) }
     }
 
-    /// Waits until the channel's link is attached (or recovering), sharing an attach's failure.
-    func waitForLink(_ channel: ChannelName) async throws {
+    /// Waits (bounded by `linkWait`) until the channel's link is attached, sharing an attach's failure.
+    func waitForLink(_ channel: ChannelName, _ id: UInt64) async throws {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
             let ready = shard(channel).withLock { s -> Bool in
-                guard let link = s.channels[channel]?.link else { return true }
-                switch link {
-                case .attached, .recovering: return true
-                case .attaching, .detaching:
-                    s.channels[channel]!.waiters.append(c)
-                    return false
-                }
+                guard let link = s.channels[channel]?.link, link != .attached else { return true }
+                s.channels[channel]!.waiters[id] = c
+                return false
             }
-            if ready { c.resume() }
+            if ready { c.resume() } else { schedule(.expireWaiter(channel, id)) }
         }
     }
 
@@ -187,8 +190,8 @@ extension ChannelHub {
             defer { s.channels[channel] = ch }
             ch.lastDelivered = max(ch.lastDelivered, position)
             ch.members = members.map { Dictionary($0.map { ($0.connectionID, $0) }, uniquingKeysWith: { $1 }) }
-            let waiters = ch.waiters
-            ch.waiters = []
+            let waiters = ch.waiters.values
+            ch.waiters = [:]
             defer { for w in waiters { w.resume() } }
             if ch.count == 0 {
                 ch.link = .detaching
@@ -216,8 +219,8 @@ extension ChannelHub {
         shard(channel).withLock { s in
             guard s.channels[channel]?.link == .attaching else { return }
             var ch = s.channels.removeValue(forKey: channel)!
-            let waiters = ch.waiters
-            ch.waiters = []
+            let waiters = ch.waiters.values
+            ch.waiters = [:]
             ch.pending = [:]
             ch.held = []
             for w in waiters { w.resume(throwing: error) }

@@ -68,6 +68,7 @@ public final class ChannelHub: Sendable {
         case recover(ChannelName)
         case detach(ChannelName)
         case reportCounts
+        case expireWaiter(ChannelName, UInt64)
     }
 
     enum Link {
@@ -87,6 +88,9 @@ public final class ChannelHub: Sendable {
         /// fan-out takes no lock for them.
         var loop: (any EventLoop)?
         var batch: FlushBatch?
+        /// The last id the sink got before going live: it may resume (from another node) ahead
+        /// of this node's live stream, which must then not repeat what it already has.
+        var floor: MessageID?
     }
 
     enum Buffered {
@@ -104,10 +108,12 @@ public final class ChannelHub: Sendable {
         var link = Link.attaching
         var live: [LiveEntry] = []
         var pending: [UInt64: Pending] = [:]
-        /// Subscribers waiting for the link to be attached.
-        var waiters: [CheckedContinuation<Void, any Error>] = []
+        /// Subscribers waiting for the link to be attached, by subscription id.
+        var waiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
         /// The last message id passed to this channel's subscribers.
         var lastDelivered = MessageID.zero
+        /// The greatest `floor` of a live sink above `lastDelivered` (nil: none is).
+        var maxFloor: MessageID?
         /// Events held while attaching or recovering.
         var held: [EngineEvent] = []
         var heldOverflowed = false
@@ -124,8 +130,12 @@ public final class ChannelHub: Sendable {
         var channels: [ChannelName: Channel] = [:]
     }
 
-    public init(engine: Engine, resumeBufferLimit: Int = 10_000, shardCount: Int = 16) {
+    /// How long a subscriber waits for a channel that is attaching or recovering.
+    let linkWait: Duration
+
+    public init(engine: Engine, resumeBufferLimit: Int = 10_000, shardCount: Int = 16, linkWait: Duration = .seconds(10)) {
         self.engine = engine
+        self.linkWait = linkWait
         self.resumeBufferLimit = resumeBufferLimit
         self.shards = (0..<max(1, shardCount)).map { _ in Locked(Shard()) }
     }
@@ -178,6 +188,10 @@ public final class ChannelHub: Sendable {
         case .recover(let channel): await recover(channel)
         case .detach(let channel): try? await drive(channel)
         case .reportCounts: await reportCounts()
+        case .expireWaiter(let channel, let id):
+            try? await Task.sleep(for: linkWait)
+            let waiter = shard(channel).withLock { $0.channels[channel]?.waiters.removeValue(forKey: id) }
+            waiter?.resume(throwing: RealtimeError.engineUnavailable("the channel is recovering from an engine outage; retry later"))
         }
     }
 }

@@ -37,7 +37,16 @@ final class GatewayProcess: NodeAccess, @unchecked Sendable {
         let outPath = FileManager.default.temporaryDirectory.appendingPathComponent("gw-\(UUID().uuidString)").path
         FileManager.default.createFile(atPath: outPath, contents: nil)
         p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
-        p.standardError = FileHandle.nullDevice
+        // REALTIME_TEST_LOG_DIR keeps each node's log (for debugging a failing test).
+        if let dir = ProcessInfo.processInfo.environment["REALTIME_TEST_LOG_DIR"] {
+            let path = "\(dir)/\(nodeID)-\(UUID().uuidString.prefix(4)).log"
+            FileManager.default.createFile(atPath: path, contents: nil)
+            p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+            env["REALTIME_LOG_LEVEL"] = "debug"
+            p.environment = env
+        } else {
+            p.standardError = FileHandle.nullDevice
+        }
         try p.run()
         process = p
         defer { try? FileManager.default.removeItem(atPath: outPath) }

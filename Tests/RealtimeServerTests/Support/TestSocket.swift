@@ -75,6 +75,9 @@ final class TestSocket: Sendable {
         return socket
     }
 
+    /// Whether the connection has ended (and every frame it received was read).
+    var hasEnded: Bool { inbox.withLock { $0.ended && $0.frames.isEmpty } }
+
     func pause() { paused.store(true, ordering: .relaxed) }
     func resume() { paused.store(false, ordering: .relaxed) }
 
