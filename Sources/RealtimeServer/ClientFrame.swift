@@ -37,7 +37,8 @@ extension ClientFrame: FastDecodable {
         self.channel = channel
         self.sinceID = sinceID
         self.event = event
-        self.data = o["data"]?.nonNull
+        // A missing `data` stays nil; a JSON null is a value (`publish` requires the field).
+        self.data = o["data"]
         self.idempotencyKey = idempotencyKey
         self.direction = direction
         self.token = token

@@ -47,7 +47,10 @@ public struct Gateway: Sendable {
 
     /// The node's services, in start order.
     public var services: [any Service] {
-        [EngineService(runtime: runtime), application(), PresenceHeartbeatService(runtime: runtime), DrainService(runtime: runtime)]
+        [
+            EngineService(runtime: runtime), application(), PresenceHeartbeatService(runtime: runtime), KeyRecheckService(runtime: runtime),
+            DrainService(runtime: runtime),
+        ]
     }
 
     /// Runs the node until SIGTERM or SIGINT, then shuts down within the configured bound.
@@ -125,13 +128,10 @@ struct EngineService: Service {
     let runtime: GatewayRuntime
 
     func run() async throws {
-        let registry = runtime.registry
+        let runtime = self.runtime
         runtime.hub.onControl { event in
             guard case .keyRevoked(let keyID) = event else { return }
-            for session in registry.all where session.claims?.keyID == keyID {
-                session.push(WebSocketSession.error(.tokenInvalid("the API key that minted this token was revoked"), ref: nil))
-                session.closer.close(code: 4001, reason: "token revoked")
-            }
+            runtime.closeSessions(mintedBy: keyID)
         }
         let hub = runtime.hub
         try await cancelWhenGracefulShutdown {
@@ -153,6 +153,29 @@ struct PresenceHeartbeatService: Service {
                 // again by the store, with an enter event.
                 let members = runtime.registry.all.flatMap(\.presenceMemberships)
                 if !members.isEmpty { _ = try? await runtime.engine.presence.refresh(members) }
+            }
+        }
+    }
+}
+
+/// Re-checks, every 2 s, the API key behind each WebSocket session's token against the key
+/// store, so a revocation this node missed on pub/sub (its link was down when it was sent)
+/// still closes the key's connections within 5 s of the link working (cache 2 s + period 2 s).
+struct KeyRecheckService: Service {
+    let runtime: GatewayRuntime
+    static let period = Duration.seconds(2)
+
+    func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try await Task.sleep(for: Self.period)
+                let keyIDs = Set(runtime.registry.all.compactMap { $0.claims?.keyID }).subtracting([APIKeyMaterial.bootstrapKeyID])
+                for keyID in keyIDs {
+                    // Unreachable: checked again next round; a key record that is gone counts as revoked.
+                    let record: APIKeyRecord?
+                    do { record = try await runtime.engine.keys.key(id: keyID) } catch { continue }
+                    if record?.revoked ?? true { runtime.closeSessions(mintedBy: keyID) }
+                }
             }
         }
     }

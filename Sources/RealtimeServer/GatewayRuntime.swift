@@ -16,6 +16,7 @@ final class GatewayRuntime: Sendable {
     let keyLimiter: KeyedRateLimiter
     let draining = Atomic<Bool>(false)
     let startedAt: Int64
+    var operations: ChannelOperations { ChannelOperations(runtime: self) }
 
     init(
         configuration: GatewayConfiguration, engine: Engine, tokens: TokenAuthority, bootstrapKeyHash: String,
@@ -43,6 +44,14 @@ final class GatewayRuntime: Sendable {
             guard let record, !record.revoked else { throw .tokenInvalid("the API key that minted this token was revoked") }
         }
         return claims
+    }
+
+    /// Closes (4001) every WebSocket session whose token the key minted: the key was revoked.
+    func closeSessions(mintedBy keyID: String) {
+        for session in registry.all where session.claims?.keyID == keyID {
+            session.push(WebSocketSession.error(.tokenInvalid("the API key that minted this token was revoked"), ref: nil))
+            session.closer.close(code: 4001, reason: "token revoked")
+        }
     }
 
     /// Checks an operation against the channel's type and the token's capabilities.

@@ -225,29 +225,20 @@ struct RESTController: Sendable {
         enum CodingKeys: String, CodingKey { case channel, event, data, idempotencyKey = "idempotency_key" }
     }
 
-    /// Validates one message and publishes it; shared by single and batch publish.
+    /// Publishes one message through the shared use case, rate-limited per API key.
     func publishOne(_ body: PublishBody, keyID: String) async throws(RealtimeError) -> (PublishOutcome, ChannelName) {
-        let channel = try ChannelName(validating: body.channel)
-        if let key = body.idempotencyKey, key.isEmpty || key.utf8.count > 256 {
-            throw .badRequest("field 'idempotency_key' must be 1-256 characters")
+        let limiter = runtime.keyLimiter
+        return try await runtime.operations.publish(
+            PublishInput(channel: body.channel, event: body.event, data: body.data, idempotencyKey: body.idempotencyKey),
+            caller: .key(keyID: keyID)
+        ) {
+            do {
+                try limiter.take(keyID)
+                return nil
+            } catch {
+                return (error as? RealtimeError)?.retryAfterMilliseconds ?? 1000
+            }
         }
-        let data = (body.data ?? .null).jsonText
-        try runtime.checkMessageSize(event: body.event, data: data)
-        do {
-            try runtime.keyLimiter.take(keyID)
-        } catch {
-            runtime.metrics.rateLimited.increment()
-            throw error
-        }
-        let outcome: PublishOutcome
-        do {
-            outcome = try await runtime.engine.broker.publish(
-                PublishRequest(channel: channel, event: body.event, data: data, idempotencyKey: body.idempotencyKey))
-        } catch {
-            throw GatewayRuntime.engineError(error)
-        }
-        (outcome.status == .published ? runtime.metrics.published : runtime.metrics.duplicates).increment()
-        return (outcome, channel)
     }
 
     @Sendable func publish(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
@@ -301,15 +292,16 @@ struct RESTController: Sendable {
             default: throw .badRequest("field 'messages[\(index)].\(field)' has the wrong type (expected string)")
             }
         }
+        guard let data = o["data"] else { throw .badRequest("missing field 'messages[\(index)].data'") }
         return PublishBody(
             channel: try string("channel", required: true)!, event: try string("event", required: true)!,
-            data: o["data"], idempotencyKey: try string("idempotency_key", required: false))
+            data: data, idempotencyKey: try string("idempotency_key", required: false))
     }
 
     // MARK: History and presence
 
     @Sendable func history(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
-        _ = try await authenticate(request, .subscribe)
+        let key = try await authenticate(request, .subscribe)
         let name = try channelParameter(context)
         let q = request.uri.queryParameters
         var limit: Int?
@@ -324,7 +316,7 @@ struct RESTController: Sendable {
             guard let cursor = Cursor.decodeHistory(raw) else { throw RealtimeError.badRequest("field 'cursor' is not a cursor this API returned") }
             (query.direction, query.after, query.through) = cursor
         }
-        let page = try await engine { try await runtime.engine.broker.history(name, query) }
+        let page = try await runtime.operations.history(name, query, caller: .key(keyID: key.keyID))
         return JSONResponse.object { w in
             w.key("messages", first: true)
             w.raw("[" + page.messages.map { $0.json(asPush: false) }.joined(separator: ",") + "]")
@@ -337,9 +329,9 @@ struct RESTController: Sendable {
     }
 
     @Sendable func presence(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
-        _ = try await authenticate(request, .subscribe)
+        let key = try await authenticate(request, .subscribe)
         let name = try channelParameter(context)
-        let members = try await engine { try await runtime.engine.presence.members(name) }
+        let members = try await runtime.operations.presence(name, caller: .key(keyID: key.keyID))
         let groupBy = request.uri.queryParameters.get("group_by")
         guard groupBy == nil || groupBy == "user" else { throw RealtimeError.badRequest("field 'group_by' must be 'user'") }
         guard groupBy == "user" else {
@@ -468,6 +460,7 @@ extension RESTController.PublishBody {
         guard let o = json.objectMembers, case .string(let channel)? = o["channel"], case .string(let event)? = o["event"],
             let idempotencyKey = JSONValue.optionalString(o["idempotency_key"])
         else { return nil }
-        self.init(channel: channel, event: event, data: o["data"]?.nonNull, idempotencyKey: idempotencyKey)
+        // A missing `data` stays nil (refused later, naming the field); a JSON null is a value.
+        self.init(channel: channel, event: event, data: o["data"], idempotencyKey: idempotencyKey)
     }
 }

@@ -225,6 +225,10 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
             session.closer.close(code: 1012, reason: "node draining")
+        } else if let event = event as? ChannelEvent, event == .inputClosed {
+            // The peer's stream ended without a close frame (the server allows half-closure for
+            // HTTP): the connection is gone now (contract §10), not after missed heartbeats.
+            context.close(promise: nil)
         } else {
             context.fireUserInboundEventTriggered(event)
         }

@@ -52,24 +52,18 @@ extension WebSocketSession {
             try await leavePresence(channel)
             push(Self.reply("ack", ref: frame.ref))
         case "presence.get":
-            let channel = try channelName(frame)
-            let settings = try await runtime.settings(channel)
-            try runtime.authorize(.presence, readOnly: true, on: settings, claims: claims)
-            let members: [PresenceMember]
-            do { members = try await runtime.engine.presence.members(channel) } catch { throw GatewayRuntime.engineError(error) }
+            let channel = try runtime.operations.channel(frame.channel)
+            let members = try await runtime.operations.presence(channel, caller: .client(claims))
             push(Self.reply("presence", ref: frame.ref) { w in
                 w.key("channel"); w.string(channel.rawValue)
                 w.key("members"); w.raw("[" + members.map(\.json).joined(separator: ",") + "]")
             })
         case "history":
-            let channel = try channelName(frame)
-            let settings = try await runtime.settings(channel)
-            try runtime.authorize(.history, readOnly: true, on: settings, claims: claims)
+            let channel = try runtime.operations.channel(frame.channel)
             let query = try HistoryParameters.query(
                 limit: frame.limit, direction: frame.direction, sinceID: frame.sinceID, untilID: nil,
                 maxLimit: runtime.configuration.limits.maxHistoryLimit)
-            let page: HistoryPage
-            do { page = try await runtime.engine.broker.history(channel, query) } catch { throw GatewayRuntime.engineError(error) }
+            let page = try await runtime.operations.history(channel, query, caller: .client(claims))
             push(Self.reply("history", ref: frame.ref) { w in
                 w.key("channel"); w.string(channel.rawValue)
                 w.key("messages"); w.raw("[" + page.messages.map { $0.json(asPush: false) }.joined(separator: ",") + "]")
@@ -80,8 +74,7 @@ extension WebSocketSession {
     }
 
     private func channelName(_ frame: ClientFrame) throws(RealtimeError) -> ChannelName {
-        guard let raw = frame.channel else { throw .badRequest("missing field 'channel'") }
-        return try ChannelName(validating: raw)
+        try runtime.operations.channel(frame.channel)
     }
 
     private func subscribe(_ frame: ClientFrame, claims: TokenClaims) async throws(RealtimeError) {
@@ -139,29 +132,18 @@ extension WebSocketSession {
     }
 
     private func publish(_ frame: ClientFrame, claims: TokenClaims) async throws(RealtimeError) {
-        let channel = try channelName(frame)
-        guard let event = frame.event else { throw .badRequest("missing field 'event'") }
-        let now = runtime.clock.nowMilliseconds()
         let rate = runtime.configuration.limits.connectionPublishRate
-        if let wait = state.withLock({ s -> Int? in
-            if s.publishBucket == nil { s.publishBucket = TokenBucket(rate: rate, now: now) }
-            return s.publishBucket!.take(now: now)
-        }) {
-            runtime.metrics.rateLimited.increment()
-            throw .rateLimited(retryAfterMilliseconds: wait)
+        let clock = runtime.clock
+        let (outcome, _) = try await runtime.operations.publish(
+            PublishInput(channel: frame.channel, event: frame.event, data: frame.data, idempotencyKey: frame.idempotencyKey),
+            caller: .client(claims)
+        ) {
+            let now = clock.nowMilliseconds()
+            return state.withLock { s -> Int? in
+                if s.publishBucket == nil { s.publishBucket = TokenBucket(rate: rate, now: now) }
+                return s.publishBucket!.take(now: now)
+            }
         }
-        let data = (frame.data ?? .null).jsonText
-        try runtime.checkMessageSize(event: event, data: data)
-        let settings = try await runtime.settings(channel)
-        try runtime.authorize(.publish, readOnly: false, on: settings, claims: claims)
-        let outcome: PublishOutcome
-        do {
-            outcome = try await runtime.engine.broker.publish(
-                PublishRequest(channel: channel, event: event, data: data, clientID: claims.clientID, idempotencyKey: frame.idempotencyKey))
-        } catch {
-            throw GatewayRuntime.engineError(error)
-        }
-        (outcome.status == .published ? runtime.metrics.published : runtime.metrics.duplicates).increment()
         push(Self.reply("ack", ref: frame.ref) { w in
             w.key("message_id"); w.string(outcome.id.description)
             w.key("status"); w.string(outcome.status.rawValue)

@@ -94,5 +94,22 @@ import Testing
             try await peer.close()
         }
     }
-}
 
+    /// A TCP stream that ends without a close frame (EOF) means the connection is gone at once
+    /// (contract §10): its member leaves then, long before any heartbeat could notice.
+    @Test func aStreamThatEndsWithoutACloseFrameLeavesAtOnce() async throws {
+        try await TestNode.with({ $0.timing.heartbeatSeconds = 60 }) { node in
+            let watcher = try await node.connect(try await node.token(client: "w"))
+            _ = try await watcher.call("subscribe", #""channel":"eof""#)
+            let peer = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token(client: "gone")))
+            try await peer.sendText(#"{"op":"presence.enter","channel":"eof"}"#)
+            #expect(try await watcher.next(type: "presence_event")["action"].string == "enter")
+            let start = ContinuousClock.now
+            try await peer.close()
+            let leave = try await watcher.next(type: "presence_event", timeout: .seconds(30))
+            #expect(leave["action"].string == "leave" && leave["member"]["client_id"].string == "gone")
+            // Far below the 60 s heartbeat: the leave came from the EOF.
+            #expect(ContinuousClock.now - start < .seconds(20))
+        }
+    }
+}
