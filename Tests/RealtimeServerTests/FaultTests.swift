@@ -358,3 +358,39 @@ struct RetryingPublisher {
         return all
     }
 }
+
+/// Contract §10's ambiguous outcome, end to end: a publish sent while the node's link to Redis
+/// stalls is answered 50400 (not 50300: it may have been applied); retried with the same
+/// idempotency key after the link heals, it exists exactly once.
+@Suite struct AmbiguousOutcomeTests {
+    @Test func aStalledPublishIsAnswered50400AndARetryWithItsKeyAppliesItOnce() async throws {
+        let redis = try RedisServerProcess()
+        try await redis.start()
+        let proxy = FaultProxy(upstreamPort: redis.port)
+        try await proxy.start()
+        let node = GatewayProcess(key: Cluster.key, nodeID: "stall")
+        try await node.start(environment: [
+            "REALTIME_TOKEN_SECRET": Cluster.secret, "REALTIME_API_KEY": Cluster.key,
+        ].merging(FaultCluster.redisURL(proxy)) { $1 })
+        defer {
+            proxy.stop()
+            redis.stop()
+        }
+        let body = #"{"channel":"stall","event":"e","data":1,"idempotency_key":"once"}"#
+        #expect(try await node.rest(.POST, "/v1/realtime/publish", #"{"channel":"stall","event":"e","data":0}"#).status == 201)
+        proxy.pause()
+        let stalled = try await node.rest(.POST, "/v1/realtime/publish", body)
+        #expect(stalled.status == 504 && stalled.json["error"]["code"].int == 50400, "\(stalled.json)")
+        proxy.resume()
+        // The retry, with the same key, finds the original if the stalled one was applied.
+        var retried: Reply?
+        try await eventually("the retry to be answered", timeout: .seconds(20)) {
+            retried = try await node.rest(.POST, "/v1/realtime/publish", body)
+            return retried!.status == 201 || retried!.status == 200
+        }
+        let history = try await FaultTests.history("stall", from: node)
+        #expect(history.filter { $0.data == 1 }.count == 1)
+        #expect(history.first { $0.data == 1 }?.id == retried?.json["message_id"].string.flatMap { MessageID($0) })
+        await node.terminate()
+    }
+}
