@@ -3,6 +3,18 @@ import RedisClient
 /// The engine's Lua scripts. Each runs atomically in Redis, which is what makes publish,
 /// presence changes and the presence sweep safe with any number of nodes.
 enum RedisScripts {
+    /// Lua that sets `now` (ms) from `ARGV[n]`, or from Redis `TIME` when it is empty: presence
+    /// expiry then runs on one clock for the whole cluster.
+    static func now(fromArgument n: Int) -> String {
+        """
+        local now = tonumber(ARGV[\(n)])
+          if not now then
+            local t = redis.call('TIME')
+            now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+          end
+        """
+    }
+
     /// KEYS: stream, idempotency key, meta. ARGV: event, data, client_id ('' = none), default
     /// maxlen, default ttl ms (the meta hash's `history_size` / `history_ttl_seconds` win when the
     /// channel was created with settings), idempotency window ms ('' = no key), pub/sub channel, now ms.
@@ -60,11 +72,7 @@ enum RedisScripts {
     /// channel, now ms ('' = Redis TIME). Returns 1 when the member existed (an update), 0 for an enter.
     static let enter = RedisScript(
         """
-        local now = tonumber(ARGV[5])
-        if not now then
-          local t = redis.call('TIME')
-          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-        end
+        \(now(fromArgument: 5))
         local existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
         redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
@@ -79,11 +87,7 @@ enum RedisScripts {
     /// again (with an enter event) each one swept meanwhile, and returns their connection ids.
     static let refresh = RedisScript(
         """
-        local now = tonumber(ARGV[3])
-        if not now then
-          local t = redis.call('TIME')
-          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-        end
+        \(now(fromArgument: 3))
         local expiry = now + tonumber(ARGV[1])
         local entered = {}
         for i = 4, #ARGV, 2 do
@@ -114,11 +118,7 @@ enum RedisScripts {
     /// Returns {removed, left}.
     static let sweep = RedisScript(
         """
-        local now = tonumber(ARGV[1])
-        if not now then
-          local t = redis.call('TIME')
-          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-        end
+        \(now(fromArgument: 1))
         local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
         local n = 0
         for _, conn in ipairs(expired) do
@@ -136,11 +136,7 @@ enum RedisScripts {
     /// KEYS: presence hash, expiry zset. ARGV: now ms ('' = Redis TIME). Member JSON of live members.
     static let members = RedisScript(
         """
-        local now = tonumber(ARGV[1])
-        if not now then
-          local t = redis.call('TIME')
-          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-        end
+        \(now(fromArgument: 1))
         local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
         if #live == 0 then return {} end
         return redis.call('HMGET', KEYS[1], unpack(live))

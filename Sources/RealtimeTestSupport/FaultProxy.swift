@@ -53,22 +53,17 @@ public final class FaultProxy: Sendable {
     }
 
     /// Holds bytes both ways on every connection, old and new, until `resume`.
-    public func pause() {
-        holding.store(true, ordering: .relaxed)
-        let channels = state.withLock { s -> [any Channel] in
-            s.paused = true
-            return s.pairs.values.flatMap { [$0.client] + [$0.upstream].compactMap { $0 } }
-        }
-        for c in channels { c.setOption(.autoRead, value: false).whenComplete { _ in } }
-    }
+    public func pause() { setPaused(true) }
 
-    public func resume() {
-        holding.store(false, ordering: .relaxed)
+    public func resume() { setPaused(false) }
+
+    private func setPaused(_ paused: Bool) {
+        holding.store(paused, ordering: .relaxed)
         let channels = state.withLock { s -> [any Channel] in
-            s.paused = false
+            s.paused = paused
             return s.pairs.values.flatMap { [$0.client] + [$0.upstream].compactMap { $0 } }
         }
-        for c in channels { c.setOption(.autoRead, value: true).whenComplete { _ in } }
+        for c in channels { c.setOption(.autoRead, value: !paused).whenComplete { _ in } }
     }
 
     /// Resets every open connection (RST, not FIN); new ones are accepted as before.
