@@ -64,7 +64,9 @@ import Testing
                     _ = try await s.call("presence.enter", #""channel":"churn""#)
                     sockets.append(s)
                 }
-                #expect(try await node.rest(.GET, "/v1/realtime/channels/churn").json["subscribers"].int == 20, "round \(round)")
+                try await node.eventually("20 subscribers counted in round \(round)") {
+                    try await node.rest(.GET, "/v1/realtime/channels/churn").json["subscribers"].int == 20
+                }
                 for s in sockets { s.close() }
                 try await node.eventually("all gone") {
                     let c = try await node.rest(.GET, "/v1/realtime/channels/churn").json

@@ -39,12 +39,18 @@ public struct ChannelDefaults: Sendable, Equatable {
     public var historyTTLSeconds: Int
     /// Upper bound accepted for `history_size`.
     public var maxHistorySize: Int
+    /// Upper bound accepted for `history_ttl_seconds` (one year by default, contract §10).
+    public var maxHistoryTTLSeconds: Int
 
-    public init(type: ChannelType = .private, historySize: Int = 1000, historyTTLSeconds: Int = 86_400, maxHistorySize: Int = 100_000) {
+    public init(
+        type: ChannelType = .private, historySize: Int = 1000, historyTTLSeconds: Int = 86_400, maxHistorySize: Int = 100_000,
+        maxHistoryTTLSeconds: Int = 31_536_000
+    ) {
         self.type = type
         self.historySize = historySize
         self.historyTTLSeconds = historyTTLSeconds
         self.maxHistorySize = maxHistorySize
+        self.maxHistoryTTLSeconds = maxHistoryTTLSeconds
     }
 }
 

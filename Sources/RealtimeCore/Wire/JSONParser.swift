@@ -17,11 +17,29 @@ public enum JSONParser {
         }
     }
 
+    /// Whether the bytes are one RFC 8259 JSON text (whatever its numbers read as). Foundation's
+    /// decoder is more lenient (trailing commas, for one), so every body and frame passes here
+    /// before it may be decoded at all.
+    public static func isValid(_ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBufferPointer { buffer in
+            var p = Cursor(bytes: buffer, validating: true)
+            p.skipWhitespace()
+            guard p.value(depth: 0) != nil else { return false }
+            p.skipWhitespace()
+            return p.index == buffer.count
+        }
+    }
+
     struct Cursor {
         let bytes: UnsafeBufferPointer<UInt8>
         var index = 0
+        /// Accept every syntactically valid number (its value is not used).
+        let validating: Bool
 
-        init(bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
+        init(bytes: UnsafeBufferPointer<UInt8>, validating: Bool = false) {
+            self.bytes = bytes
+            self.validating = validating
+        }
 
         var current: UInt8? { index < bytes.count ? bytes[index] : nil }
 
@@ -200,6 +218,7 @@ public enum JSONParser {
                 if current == UInt8(ascii: "+") || current == UInt8(ascii: "-") { index += 1 }
                 guard digits() else { return nil }
             }
+            if validating { return .null }
             let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
             if integral, let i = Int64(text) { return .integer(i) }
             guard let d = Double(text), d.isFinite else { return nil }

@@ -76,7 +76,10 @@ public struct Gateway: Sendable {
         // limit but within it get a 41300 error first.
         let frameLimit = max(4 * configuration.limits.maxInboundFrameBytes, 1 << 20)
         let server = HTTPServerBuilder { responder in
-            GatewayServerChannel(responder: responder, webSocket: webSocket, maxFrameSize: frameLimit)
+            GatewayServerChannel(
+                responder: responder, webSocket: webSocket, maxFrameSize: frameLimit,
+                headReadTimeout: .seconds(Int64(configuration.timing.httpHeadReadTimeoutSeconds)),
+                idleTimeout: .seconds(Int64(configuration.timing.httpIdleTimeoutSeconds)))
         }
         let port = boundPort
         return Application(

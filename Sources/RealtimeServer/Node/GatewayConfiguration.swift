@@ -30,10 +30,18 @@ public struct GatewayConfiguration: Sendable {
         /// Largest REST request body; batch requests need room for many messages.
         public var maxRequestBytes = 16 * 1024 * 1024
         public var maxHistoryLimit = 1000
-        /// Frames queued for one connection before it is closed as a slow consumer (4008).
+        /// Events buffered for one subscriber while it resumes (and for one channel while the
+        /// node catches up after an engine outage) before it counts as a slow consumer.
         public var outboundQueueFrames = 4096
+        /// Bytes one connection may have written and not yet sent (pushes, replies, replays,
+        /// pongs) before it is closed as a slow consumer (4008).
+        public var outboundQueueBytes = 4 * 1024 * 1024
         public var maxConnections = 10_000
+        /// Connections that arrived without a token and have not sent one yet (contract §10).
+        public var maxUnauthenticatedConnections = 1000
         public var maxSubscriptionsPerConnection = 1000
+        /// Channels one connection may be present on at once.
+        public var maxPresencePerConnection = 100
         /// Publishes per second per WebSocket connection (bursts up to twice that).
         public var connectionPublishRate = 100
         /// Publishes per second per API key over REST (bursts up to twice that).
@@ -50,6 +58,10 @@ public struct GatewayConfiguration: Sendable {
         /// WebSocket ping period; a peer that misses two is dropped.
         public var heartbeatSeconds = 25
         public var presenceHeartbeatSeconds = 10
+        /// A new HTTP connection's first request head must arrive within this.
+        public var httpHeadReadTimeoutSeconds = 10
+        /// Kept-alive HTTP connections idle this long are closed.
+        public var httpIdleTimeoutSeconds = 60
         /// Time allowed for the first `auth` frame when no token is in the URL.
         public var authTimeoutSeconds = 10
         /// `token_expiring` is pushed this long before a connection's token expires.
@@ -176,6 +188,11 @@ extension GatewayConfiguration {
         int("REALTIME_OUTBOUND_QUEUE_FRAMES", "frames queued per connection before 4008 (default 4096)", min: 1, \.limits.outboundQueueFrames),
         int("REALTIME_MAX_CONNECTIONS", "WebSocket connections per node (default 10000)", min: 1, \.limits.maxConnections),
         int("REALTIME_MAX_SUBSCRIPTIONS", "channels per connection (default 1000)", min: 1, \.limits.maxSubscriptionsPerConnection),
+        int("REALTIME_HTTP_HEAD_TIMEOUT_SECONDS", "first request head must arrive within (default 10)", min: 1, \.timing.httpHeadReadTimeoutSeconds),
+        int("REALTIME_HTTP_IDLE_TIMEOUT_SECONDS", "idle keep-alive connections closed after (default 60)", min: 1, \.timing.httpIdleTimeoutSeconds),
+        int("REALTIME_OUTBOUND_QUEUE_BYTES", "outbound budget per connection in bytes (default 4194304)", min: 65_536, \.limits.outboundQueueBytes),
+        int("REALTIME_MAX_UNAUTHENTICATED", "WebSocket connections waiting for their auth frame (default 1000)", min: 1, \.limits.maxUnauthenticatedConnections),
+        int("REALTIME_MAX_PRESENCE_PER_CONNECTION", "presence memberships per connection (default 100)", min: 1, \.limits.maxPresencePerConnection),
         int("REALTIME_CONNECTION_PUBLISH_RATE", "publishes/s per connection (default 100)", min: 1, \.limits.connectionPublishRate),
         int("REALTIME_KEY_PUBLISH_RATE", "REST publishes/s per API key (default 50000)", min: 1, \.limits.keyPublishRate),
         int("REALTIME_HEARTBEAT_SECONDS", "WebSocket ping period (default 25)", min: 1, max: 3600, \.timing.heartbeatSeconds),
@@ -185,6 +202,7 @@ extension GatewayConfiguration {
         int("REALTIME_HISTORY_SIZE", "default history_size of a channel (default 1000)", min: 0, \.engine.channelDefaults.historySize),
         int("REALTIME_HISTORY_TTL_SECONDS", "default history_ttl_seconds (default 86400)", min: 1, \.engine.channelDefaults.historyTTLSeconds),
         int("REALTIME_MAX_HISTORY_SIZE", "largest history_size accepted (default 100000)", min: 1, \.engine.channelDefaults.maxHistorySize),
+        int("REALTIME_MAX_HISTORY_TTL_SECONDS", "largest history_ttl_seconds accepted (default 31536000, one year)", min: 1, \.engine.channelDefaults.maxHistoryTTLSeconds),
         Setting(variable: "REALTIME_DEFAULT_CHANNEL_TYPE", help: "type of channels never created (default private)") { (c: inout GatewayConfiguration, v: String) throws(ConfigurationError) in
             guard let t = ChannelType(rawValue: v) else {
                 throw ConfigurationError(setting: "REALTIME_DEFAULT_CHANNEL_TYPE", problem: "one of public, private, presence")

@@ -121,7 +121,30 @@ final class ConnectionRegistry: Sendable {
         }
     }
 
-    func remove(_ session: WebSocketSession) { _ = sessions.withLock { $0.removeValue(forKey: session.connectionID) } }
+    func remove(_ session: WebSocketSession) {
+        _ = sessions.withLock { $0.removeValue(forKey: session.connectionID) }
+        authenticated(session)
+    }
+
+    /// Connections open without a token yet (they have `auth_timeout_seconds` to send one).
+    private let unauthenticated = Atomic<Int>(0)
+
+    /// Counts a connection that came without a token, unless `limit` already wait.
+    func addUnauthenticated(_ session: WebSocketSession, limit: Int) -> Bool {
+        guard unauthenticated.add(1, ordering: .relaxed).newValue <= limit else {
+            unauthenticated.subtract(1, ordering: .relaxed)
+            return false
+        }
+        session.awaitingAuth.store(true, ordering: .relaxed)
+        return true
+    }
+
+    /// The session authenticated (or went): it no longer counts as unauthenticated.
+    func authenticated(_ session: WebSocketSession) {
+        if session.awaitingAuth.exchange(false, ordering: .relaxed) { unauthenticated.subtract(1, ordering: .relaxed) }
+    }
+
+    var unauthenticatedCount: Int { unauthenticated.load(ordering: .relaxed) }
 
     var count: Int { sessions.withLock { $0.count } }
 

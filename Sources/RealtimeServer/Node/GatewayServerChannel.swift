@@ -29,13 +29,21 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
 
     let responder: HTTPChannelHandler.Responder
     let webSocket: WebSocketController
+    /// The first request head must arrive within this; kept-alive connections idle longer are closed.
+    let headReadTimeout: TimeAmount
+    let idleTimeout: Duration
     /// The largest frame the decoder accepts; larger ones are refused with 1009.
     let maxFrameSize: Int
 
-    init(responder: @escaping HTTPChannelHandler.Responder, webSocket: WebSocketController, maxFrameSize: Int) {
+    init(
+        responder: @escaping HTTPChannelHandler.Responder, webSocket: WebSocketController, maxFrameSize: Int,
+        headReadTimeout: TimeAmount = .seconds(10), idleTimeout: Duration = .seconds(60)
+    ) {
         self.responder = Self.redirectingLateUpgrades(responder)
         self.webSocket = webSocket
         self.maxFrameSize = maxFrameSize
+        self.headReadTimeout = headReadTimeout
+        self.idleTimeout = idleTimeout
     }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
@@ -47,6 +55,9 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
             // Negotiated in `shouldUpgrade`, used once the pipeline is upgraded.
             let compressed = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
             let webSocket = self.webSocket
+            let headTimeout = HeadReadTimeout(timeout: headReadTimeout)
+            try channel.pipeline.syncOperations.addHandler(headTimeout, position: .first)
+            let idleTimeout = self.idleTimeout
             let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
                 maxFrameSize: maxFrameSize,
                 shouldUpgrade: { channel, head in
@@ -63,6 +74,7 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                 },
                 upgradePipelineHandler: { channel, head in
                     channel.eventLoop.makeCompletedFuture {
+                        channel.pipeline.syncOperations.removeHandler(headTimeout).whenComplete { _ in }
                         try webSocket.accept(channel: channel, token: URI(head.uri).queryParameters.get("token"), compressed: compressed.value)
                         return .webSocket
                     }
@@ -73,8 +85,9 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                 notUpgradingCompletionHandler: { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
+                        sync.removeHandler(headTimeout).whenComplete { _ in }
                         try sync.addHandler(HTTP1ToHTTPServerCodec(secure: false))
-                        try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
+                        try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
                             wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
                         return attempted.value ? .refusedUpgrade(asyncChannel) : .http(asyncChannel)

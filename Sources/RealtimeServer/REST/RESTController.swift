@@ -102,10 +102,16 @@ struct RESTController: Sendable {
             }
         }
         var caps = Capabilities()
-        for pattern in body.channels ?? [] {
-            caps.grant([.subscribe, .presence, .history], on: try ChannelPattern(parsing: pattern))
+        do {
+            for pattern in body.channels ?? [] {
+                caps.grant([.subscribe, .presence, .history], on: try ChannelPattern(parsing: pattern))
+            }
+        } catch {
+            throw RealtimeError.badRequest("field 'channels': \(error.message)")
         }
-        if let wire = body.capabilities { caps = caps.merging(try Capabilities(wire: wire)) }
+        if let wire = body.capabilities {
+            do { caps = caps.merging(try Capabilities(wire: wire)) } catch { throw RealtimeError.badRequest("field 'capabilities': \(error.message)") }
+        }
         let clientID = body.clientID ?? "c_" + RandomID.hex(bytes: 8)
         let now = runtime.clock.nowMilliseconds() / 1000
         let claims = TokenClaims(
@@ -150,8 +156,8 @@ struct RESTController: Sendable {
         if let size = body.historySize, size < 0 || size > defaults.maxHistorySize {
             throw RealtimeError.badRequest("field 'history_size' must be from 0 to \(defaults.maxHistorySize)")
         }
-        if let ttl = body.historyTTLSeconds, ttl < 1 {
-            throw RealtimeError.badRequest("field 'history_ttl_seconds' must be at least 1")
+        if let ttl = body.historyTTLSeconds, ttl < 1 || ttl > defaults.maxHistoryTTLSeconds {
+            throw RealtimeError.badRequest("field 'history_ttl_seconds' must be from 1 to \(defaults.maxHistoryTTLSeconds)")
         }
         let settings = ChannelSettings(
             name: name, type: type,

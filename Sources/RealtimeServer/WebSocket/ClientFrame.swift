@@ -67,6 +67,8 @@ enum RequestDecoding {
 
     static func decodeWithFoundation<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(RealtimeError) -> T {
         try JSONGuard.checkDepth(bytes)
+        // Strict RFC 8259 first: Foundation alone would accept trailing commas and more.
+        guard JSONParser.isValid(bytes) else { throw .badRequest("not valid JSON (RFC 8259)") }
         do {
             return try JSONDecoder().decode(T.self, from: Data(bytes))
         } catch let error as DecodingError {

@@ -5,8 +5,12 @@ import Synchronization
 
 /// Writes pre-encoded WebSocket frames straight to a connection's socket, below the WebSocket
 /// encoder: fan-out writes the same bytes to every subscriber on the event loop without a task
-/// hop per frame. Frames queue here only while the socket is not writable; past `limit` queued
-/// frames the peer is too slow and the connection is closed (4008), so it costs others nothing.
+/// hop per frame. Frames queue here only while the socket is not writable.
+///
+/// Every byte counts against the connection's outbound budget (contract §10): what is queued
+/// here plus what NIO holds unsent. A write that would take it over the budget stops the
+/// writer (the connection closes with 4008), so a peer that does not read costs the node at
+/// most its budget.
 ///
 /// Every method runs on the channel's event loop.
 final class FrameWriter: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
@@ -23,9 +27,11 @@ final class FrameWriter: ChannelInboundHandler, RemovableChannelHandler, @unchec
         case stopped
     }
 
-    private let limit: Int
+    /// The outbound budget in bytes.
+    private let budget: Int
     private var context: ChannelHandlerContext?
     private var queued = Deque<ByteBuffer>()
+    private var queuedBytes = 0
     private var stopped = false
     private var needsFlush = false
     /// The channel's writability, tracked here so the hot path reads a stored flag.
@@ -34,7 +40,12 @@ final class FrameWriter: ChannelInboundHandler, RemovableChannelHandler, @unchec
     private(set) var unflushedFrames = 0
     private var drained: EventLoopPromise<Void>?
 
-    init(limit: Int) { self.limit = limit }
+    init(budget: Int) { self.budget = budget }
+
+    /// Bytes NIO holds for the socket and has not sent yet.
+    private var unsentInChannel: Int {
+        (try? context?.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -45,26 +56,35 @@ final class FrameWriter: ChannelInboundHandler, RemovableChannelHandler, @unchec
         self.context = nil
         stopped = true
         queued.removeAll()
+        queuedBytes = 0
         drained?.succeed()
         drained = nil
     }
 
     func write(_ frame: WireFrame) -> WriteResult {
         guard !stopped, let context else { return .stopped }
+        let size = frame.bytes.readableBytes
         if queued.isEmpty, writable {
+            // Writable: NIO holds less than its high water mark, so only a frame that alone
+            // nears the budget needs the exact count.
+            if size > budget / 2, unsentInChannel + size > budget { return overflow() }
             context.write(wrapOutboundOut(frame.bytes), promise: nil)
             unflushedFrames += 1
             defer { needsFlush = true }
             return .written(firstUnflushed: !needsFlush)
         }
-        if queued.count >= limit {
-            queued.removeAll()
-            stopped = true
-            return .overflowed
-        }
+        if queuedBytes + size + unsentInChannel > budget { return overflow() }
         queued.append(frame.bytes)
+        queuedBytes += size
         unflushedFrames += 1
         return .queued
+    }
+
+    private func overflow() -> WriteResult {
+        queued.removeAll()
+        queuedBytes = 0
+        stopped = true
+        return .overflowed
     }
 
     /// Flushes; returns how many frames were handed to the socket or queued since the last flush.
@@ -81,6 +101,7 @@ final class FrameWriter: ChannelInboundHandler, RemovableChannelHandler, @unchec
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         writable = context.channel.isWritable
         while writable, let next = queued.popFirst() {
+            queuedBytes -= next.readableBytes
             context.write(wrapOutboundOut(next), promise: nil)
             needsFlush = true
             writable = context.channel.isWritable
@@ -97,7 +118,10 @@ final class FrameWriter: ChannelInboundHandler, RemovableChannelHandler, @unchec
     /// `dropQueued`), so a close frame sent afterwards follows every data frame.
     func finish(dropQueued: Bool, on loop: any EventLoop) -> EventLoopFuture<Void> {
         stopped = true
-        if dropQueued { queued.removeAll() }
+        if dropQueued {
+            queued.removeAll()
+            queuedBytes = 0
+        }
         _ = flush()
         guard context != nil, !queued.isEmpty else { return loop.makeSucceededVoidFuture() }
         let p = drained ?? loop.makePromise(of: Void.self)

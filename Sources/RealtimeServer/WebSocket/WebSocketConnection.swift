@@ -19,11 +19,14 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     private enum Work {
         case authenticate(token: String)
         case message([UInt8])
+        /// A complete binary message: not an op (contract §10), answered with an error in turn.
+        case binary
 
         var bytes: Int {
             switch self {
             case .authenticate(let token): token.utf8.count
             case .message(let bytes): bytes.count
+            case .binary: 0
             }
         }
     }
@@ -59,6 +62,8 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     // Closing.
     private var closeStarted = false
+    /// The message being assembled came as binary frames.
+    private var assemblingBinary = false
     /// Close right after our close frame instead of waiting for the peer's (it already sent
     /// one, or broke the protocol, or stopped answering pings).
     private var closeWithoutHandshake = false
@@ -81,8 +86,10 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     private var runtime: GatewayRuntime { session.runtime }
 
-    /// Too much handed to the task and not yet handled: stop reading until it catches up.
-    private var readsPaused: Bool { work.count >= 16 || workBytes >= 4 * limit }
+    /// Too much handed to the task and not yet handled, or the socket does not take what is
+    /// written (contract §10: a client that does not read gets no more ops read either, so it
+    /// cannot make the node allocate replies or pongs for it).
+    private var readsPaused: Bool { work.count >= 16 || workBytes >= 4 * limit || !(context?.channel.isWritable ?? true) }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -138,6 +145,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
         } else {
             guard !assemblingFragments else { return failProtocol("new message inside a fragmented one") }
             assemblingCompressed = frame.rsv1
+            assemblingBinary = frame.opcode == .binary
         }
         var payload: [UInt8]
         if assemblingCompressed, let inflater {
@@ -155,7 +163,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
         guard assembling.count + payload.count <= limit else { return messageTooLarge() }
         if frame.fin, !assemblingFragments {
-            enqueue(.message(payload))
+            enqueue(assemblingBinary ? .binary : .message(payload))
             return
         }
         assembling.append(contentsOf: payload)
@@ -163,7 +171,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
         if frame.fin {
             let message = assembling
             assembling = []
-            enqueue(.message(message))
+            enqueue(assemblingBinary ? .binary : .message(message))
         }
     }
 
@@ -222,6 +230,14 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if heldRead, !readsPaused {
+            heldRead = false
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
             session.closer.close(code: 1012, reason: "node draining")
@@ -268,6 +284,8 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
                 _ = await session.authenticate(token: token, ref: nil, initial: true)
             case .message(let bytes):
                 await session.handle(bytes)
+            case .binary:
+                session.push(WebSocketSession.error(.badRequest("binary frames are not ops: send each op as a JSON text frame"), ref: nil))
             }
             item = await next()
         }

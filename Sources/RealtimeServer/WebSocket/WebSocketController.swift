@@ -15,13 +15,16 @@ struct WebSocketController: Sendable {
 
     /// Starts the session of a just-upgraded connection, on its event loop. Refusals happen
     /// after the upgrade, as close codes a WebSocket client can act on: 1012 while the node
-    /// drains, 1013 at the connection limit.
+    /// drains, 1013 at the connection limit or when too many connections wait without a token.
     func accept(channel: any Channel, token: String?, compressed: Bool) throws {
         let session = WebSocketSession(runtime: runtime, channel: channel)
         let refusal: (code: UInt16, reason: String)?
         if runtime.draining.load(ordering: .relaxed) {
             refusal = (1012, "node draining")
+        } else if token == nil, !runtime.registry.addUnauthenticated(session, limit: runtime.configuration.limits.maxUnauthenticatedConnections) {
+            refusal = (1013, "unauthenticated connection limit (REALTIME_MAX_UNAUTHENTICATED)")
         } else if !runtime.registry.add(session, limit: runtime.configuration.limits.maxConnections) {
+            runtime.registry.authenticated(session)
             refusal = (1013, "connection limit")
         } else {
             refusal = nil

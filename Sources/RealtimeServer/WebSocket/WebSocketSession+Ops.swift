@@ -9,7 +9,8 @@ extension WebSocketSession {
         do {
             frame = try RequestDecoding.decode(ClientFrame.self, from: bytes)
         } catch {
-            push(Self.error(error, ref: nil))
+            // The ref comes back even when other fields are wrong (contract §10).
+            push(Self.error(error, ref: Self.ref(in: bytes)))
             return
         }
         guard let claims else {
@@ -26,6 +27,12 @@ extension WebSocketSession {
         } catch {
             push(Self.error(error, ref: frame.ref))
         }
+    }
+
+    /// The string `ref` of a frame that is a JSON object, whatever else is wrong with it.
+    static func ref(in bytes: [UInt8]) -> JSONValue? {
+        guard case .string(let ref)? = JSONParser.parse(bytes)?.objectMembers?["ref"] else { return nil }
+        return .string(ref)
     }
 
     private func perform(_ frame: ClientFrame, claims: TokenClaims) async throws(RealtimeError) {
@@ -163,6 +170,9 @@ extension WebSocketSession {
     }
 
     private func enter(_ channel: ChannelName, data: String?, claims: TokenClaims) async throws(RealtimeError) {
+        let limit = runtime.configuration.limits.maxPresencePerConnection
+        let full = state.withLock { $0.presence[channel] == nil && $0.presence.count >= limit }
+        guard !full else { throw .badRequest("presence limit of \(limit) channels per connection reached (REALTIME_MAX_PRESENCE_PER_CONNECTION)") }
         let now = runtime.clock.nowMilliseconds()
         let member = PresenceMember(clientID: claims.clientID, userID: claims.userID, connectionID: connectionID, data: data, enteredAt: now, updatedAt: now)
         do { try await runtime.engine.presence.enter(channel, member: member) } catch { throw GatewayRuntime.engineError(error) }

@@ -14,6 +14,8 @@ final class WebSocketSession: SubscriberSink {
     let writer: FrameWriter
     let loop: any EventLoop
     let state = Mutex(State())
+    /// Counted among the node's unauthenticated connections (see `ConnectionRegistry`).
+    let awaitingAuth = Atomic<Bool>(false)
 
     enum SubscriptionSlot {
         /// Subscribe in progress; a deletion meanwhile removes the slot.
@@ -35,7 +37,7 @@ final class WebSocketSession: SubscriberSink {
         self.connectionID = "conn_" + RandomID.hex(bytes: 12)
         self.runtime = runtime
         self.loop = channel.eventLoop
-        self.writer = FrameWriter(limit: runtime.configuration.limits.outboundQueueFrames)
+        self.writer = FrameWriter(budget: runtime.configuration.limits.outboundQueueBytes)
     }
 
     var claims: TokenClaims? { state.withLock { $0.claims } }
@@ -149,6 +151,7 @@ final class WebSocketSession: SubscriberSink {
         // `connected` is queued before the claims are visible to the expiry timer, so it is
         // always the first frame, ahead of any `token_expiring`.
         defer { state.withLock { $0.claims = claims } }
+        runtime.registry.authenticated(self)
         if previous == nil {
             push(Self.frame("connected") {
                 $0.key("connection_id"); $0.string(connectionID)

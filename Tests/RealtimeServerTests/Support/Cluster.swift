@@ -64,6 +64,15 @@ final class GatewayProcess: NodeAccess, @unchecked Sendable {
 
     var isRunning: Bool { process?.isRunning ?? false }
 
+    /// Resident memory of the node process (kB), from /proc.
+    var residentKilobytes: Int? {
+        guard let pid = process?.processIdentifier,
+            let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+        else { return nil }
+        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+    }
+
     /// SIGKILL: the node dies without a word (no close frames, no presence cleanup).
     func kill9() {
         guard let p = process, p.isRunning else { return }

@@ -22,11 +22,15 @@ struct RawPeer {
 
     /// Opens the connection and sends the upgrade request (offering `extensions`, if any),
     /// without waiting for the answer.
-    static func connect(port: Int, path: String, extensions: String? = nil) async throws -> RawPeer {
+    /// - Parameter reading: false for a peer that never reads what the server sends.
+    static func connect(port: Int, path: String?, extensions: String? = nil, reading: Bool = true) async throws -> RawPeer {
         let collector = Collector()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.autoRead, value: reading)
+            .channelOption(.socketOption(.so_rcvbuf), value: reading ? 0 : 4096)
             .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) } }
             .connect(host: "127.0.0.1", port: port).get()
+        guard let path else { return RawPeer(channel: channel, received: collector) }  // a plain TCP connection
         let request = "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
             + (extensions.map { "Sec-WebSocket-Extensions: \($0)\r\n" } ?? "") + "\r\n"
@@ -35,6 +39,10 @@ struct RawPeer {
     }
 
     func sendText(_ text: String) async throws { try await sendTexts([text]) }
+
+    func sendRaw(_ bytes: [UInt8]) async throws { try await channel.writeAndFlush(ByteBuffer(bytes: bytes)).get() }
+
+    var isClosed: Bool { received.closed.load(ordering: .relaxed) }
 
     /// Sends text frames in one write, so they reach the server together.
     func sendTexts(_ texts: [String]) async throws {

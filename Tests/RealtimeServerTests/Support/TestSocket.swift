@@ -75,6 +75,9 @@ final class TestSocket: Sendable {
         return socket
     }
 
+    /// Whether the WebSocket handshake completed.
+    var isUpgraded: Bool { inbox.withLock { $0.upgraded } }
+
     /// Whether the connection has ended (and every frame it received was read).
     var hasEnded: Bool { inbox.withLock { $0.ended && $0.frames.isEmpty } }
 
