@@ -2,7 +2,9 @@
 // Built by fuzz/run.sh with the parser's own sources (no package needed):
 //   swiftc -sanitize=fuzzer,address -parse-as-library fuzz/JSONFuzz.swift Sources/RealtimeCore/Wire/JSON*.swift
 // Checks, beyond "no crash": the decoder accepts only what the validator accepts, and what it
-// decodes writes back as JSON that decodes to the same value.
+// decodes writes back as valid JSON that decodes to the same value (or that the fast decoder
+// leaves to Foundation, as it does for numbers whose two readings could differ: found by this
+// target with an 82-digit integer, whose written form is `1.1e+81`).
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzJSON(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -12,6 +14,6 @@ public func fuzzJSON(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     precondition(valid, "parse accepted what isValid refused")
     let again = Array(value.jsonText.utf8)
     precondition(JSONParser.isValid(again), "written JSON is not valid")
-    precondition(JSONParser.parse(again) == value, "round trip changed the value")
+    if let back = JSONParser.parse(again) { precondition(back == value, "round trip changed the value") }
     return 0
 }

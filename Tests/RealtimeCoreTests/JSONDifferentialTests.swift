@@ -6,6 +6,7 @@ import Testing
 /// documents. They must agree, except where Foundation is known to be lenient or narrow, and
 /// each such case is checked for being exactly that:
 /// - Foundation accepts trailing commas (`[1,]`, `{"a":1,}`); RFC 8259 does not, nor do we.
+/// - Foundation skips a leading byte order mark; RFC 8259 lets a parser do so, we refuse it.
 /// - Foundation refuses numbers out of `Double`'s range (`1e400`), which are valid syntax; our
 ///   validator accepts them and our decoder (`parse`) refuses them.
 @Suite struct JSONDifferentialTests {
@@ -27,6 +28,21 @@ import Testing
         for bytes in documents { check(bytes) }
     }
 
+    /// Inputs the fuzzer found (fuzz/regressions/json), kept as tests.
+    @Test func fuzzerFindingsStayFixed() throws {
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("fuzz/regressions/json")
+        let files = try FileManager.default.contentsOfDirectory(at: dir, includingPropertiesForKeys: nil)
+        #expect(!files.isEmpty)
+        for file in files {
+            let bytes = Array(try Data(contentsOf: file))
+            check(bytes)
+            if let value = JSONParser.parse(bytes), let back = JSONParser.parse(Array(value.jsonText.utf8)) {
+                #expect(back == value, "\(file.lastPathComponent)")
+            }
+        }
+    }
+
     func check(_ bytes: [UInt8]) {
         let text = String(decoding: bytes, as: UTF8.self)
         let ours = JSONParser.isValid(bytes)
@@ -35,8 +51,9 @@ import Testing
             // Only for numbers Foundation cannot hold, which our decoder refuses too.
             #expect(JSONParser.parse(bytes) == nil, "we accept, Foundation refuses: \(text.prefix(80))")
         } else if !ours, foundation {
-            // Only for trailing commas: without them we accept.
-            #expect(JSONParser.isValid(Self.withoutTrailingCommas(bytes)), "Foundation accepts, we refuse: \(text.prefix(80))")
+            // Only for trailing commas or a byte order mark: without them we accept.
+            let bare = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? Array(bytes.dropFirst(3)) : bytes
+            #expect(JSONParser.isValid(Self.withoutTrailingCommas(bare)), "Foundation accepts, we refuse: \(text.prefix(80))")
         } else if ours, let value = JSONParser.parse(bytes) {
             let decoded = try? JSONDecoder().decode(JSONValue.self, from: Data(bytes))
             #expect(decoded == value, "different values for \(text.prefix(80))")

@@ -222,7 +222,12 @@ public enum JSONParser {
             let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
             if integral, let i = Int64(text) { return .integer(i) }
             guard let d = Double(text), d.isFinite else { return nil }
-            if !integral, d == d.rounded(), abs(d) >= 1e15 { return nil }
+            if !integral, d == d.rounded() {
+                // Foundation reads an integral value written with a fraction or exponent
+                // (`1.5e3`) as an integer; past 1e15 the two readings may differ, so let it decide.
+                guard abs(d) < 1e15 else { return nil }
+                return .integer(Int64(d))
+            }
             return .number(d)
         }
 
