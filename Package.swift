@@ -163,7 +163,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RealtimeCoreTests",
-            dependencies: ["RealtimeCore", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["RealtimeCore", "RealtimeTestSupport", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
