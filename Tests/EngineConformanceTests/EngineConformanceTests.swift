@@ -1,4 +1,7 @@
+import Logging
 import RealtimeCore
+@testable import RealtimeRedis
+import RealtimeTestSupport
 import Testing
 
 /// The contracts of `Broker`, `PresenceStore`, `ChannelStore` and `KeyStore`, checked against
@@ -292,6 +295,33 @@ import Testing
                 #expect(sink.ids == ids)
             }
             #expect(hub.localCount(ch) == 8)
+        }
+    }
+}
+
+/// Redis mechanics the contract does not show but operators rely on.
+@Suite struct RedisEngineMechanicsTests {
+    /// Load balancers probe `/readyz` on every node all the time: a probe's nonce must leave
+    /// nothing behind, neither on the node that sent it nor on the others that saw it.
+    @Test func readinessProbesLeaveNothingBehindOnAnyNode() async throws {
+        let server = try RedisServerProcess()
+        try await server.start()
+        defer { server.stop() }
+        var logger = Logger(label: "test-redis")
+        logger.logLevel = .critical
+        let a = try RedisEngine(url: server.url, configuration: .init(), nodeID: "a", logger: logger)
+        let b = try RedisEngine(url: server.url, configuration: .init(), nodeID: "b", logger: logger)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await a.run(delivering: { _ in }) }
+            group.addTask { try await b.run(delivering: { _ in }) }
+            let ready = ContinuousClock.now + .seconds(10)
+            while (try? await a.checkReady()) == nil, ContinuousClock.now < ready { try await Task.sleep(for: .milliseconds(20)) }
+            while (try? await b.checkReady()) == nil, ContinuousClock.now < ready { try await Task.sleep(for: .milliseconds(20)) }
+            for _ in 0..<50 { try await a.checkReady() }
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(a.probes.withLock { $0.count } == 0)
+            #expect(b.probes.withLock { $0.count } == 0)
+            group.cancelAll()
         }
     }
 }
