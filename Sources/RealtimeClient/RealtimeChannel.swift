@@ -70,10 +70,16 @@ public final class RealtimeChannel: Sendable {
 
     /// Publishes over the connection (needs the `publish` capability).
     @discardableResult
+    /// Publishes once: with `idempotencyKey`, or a key of the SDK's own, retried (per the
+    /// connection's `publishRetry`) on `50300`/`50400`/`42900`, a reply that never came or a
+    /// connection that was down, so a retry never doubles it.
     public func publish(event: String, data: RealtimeJSON = .null, idempotencyKey: String? = nil) async throws -> PublishResult {
-        var fields: [String: RealtimeJSON] = ["channel": .string(name), "event": .string(event), "data": data]
-        if let idempotencyKey { fields["idempotency_key"] = .string(idempotencyKey) }
-        let reply = try await connection.request("publish", fields)
+        let fields: [String: RealtimeJSON] = [
+            "channel": .string(name), "event": .string(event), "data": data,
+            "idempotency_key": .string(idempotencyKey ?? RetryPolicy.newIdempotencyKey()),
+        ]
+        let connection = self.connection
+        let reply = try await connection.options.publishRetry.run { try await connection.request("publish", fields) }
         return PublishResult(messageID: reply["message_id"]?.string ?? "", channel: name, timestamp: nil, status: reply["status"]?.string ?? "published")
     }
 

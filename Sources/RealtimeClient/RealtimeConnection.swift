@@ -32,6 +32,8 @@ public actor RealtimeConnection {
         public var minRetryDelay: Duration = .milliseconds(250)
         public var maxRetryDelay: Duration = .seconds(20)
         public var requestTimeout: Duration = .seconds(10)
+        /// How `publish` is retried, always with the same idempotency key.
+        public var publishRetry = RetryPolicy()
 
         public init(endpoint: String, token: @escaping @Sendable () async throws -> String) {
             self.endpoint = endpoint
@@ -188,7 +190,9 @@ public actor RealtimeConnection {
         guard let frame = try? JSONDecoder().decode(RealtimeJSON.self, from: Data(text.utf8)) else { return false }
         if let ref = frame["ref"]?.number, let c = pending.removeValue(forKey: Int(ref)) {
             if frame["type"]?.string == "error" {
-                c.resume(throwing: RealtimeClientError(code: Int(frame["code"]?.number ?? 0), message: frame["message"]?.string ?? ""))
+                c.resume(throwing: RealtimeClientError(
+                    code: Int(frame["code"]?.number ?? 0), message: frame["message"]?.string ?? "",
+                    retryAfterMilliseconds: frame["retry_after_ms"]?.number.map { Int($0) }))
             } else {
                 c.resume(returning: frame)
             }

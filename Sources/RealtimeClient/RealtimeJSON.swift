@@ -57,11 +57,14 @@ public struct RealtimeClientError: Error, Sendable, CustomStringConvertible {
     public let code: Int
     public let message: String
     public let status: Int?
+    /// The server's retry hint (`retry_after_ms`, or `Retry-After`), for `42900`.
+    public let retryAfterMilliseconds: Int?
 
-    public init(code: Int, message: String, status: Int? = nil) {
+    public init(code: Int, message: String, status: Int? = nil, retryAfterMilliseconds: Int? = nil) {
         self.code = code
         self.message = message
         self.status = status
+        self.retryAfterMilliseconds = retryAfterMilliseconds
     }
 
     public var description: String { "\(code): \(message)" }

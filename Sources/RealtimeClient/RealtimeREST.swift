@@ -11,20 +11,35 @@ public struct RealtimeREST: Sendable {
     public let baseURL: String
     public let apiKey: String
     let http: HTTPClient
+    /// How publishes are retried (always with the same idempotency key).
+    public var retry: RetryPolicy
+    /// How long one HTTP request may take.
+    public var requestTimeout: Duration
 
-    public init(baseURL: String, apiKey: String, httpClient: HTTPClient = .shared) {
+    public init(
+        baseURL: String, apiKey: String, httpClient: HTTPClient = .shared, retry: RetryPolicy = .init(), requestTimeout: Duration = .seconds(30)
+    ) {
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
         self.apiKey = apiKey
         self.http = httpClient
+        self.retry = retry
+        self.requestTimeout = requestTimeout
     }
 
     // MARK: Publishing
 
+    /// Publishes once: with `idempotencyKey`, or a key of the SDK's own, retried per `retry`
+    /// on `50300`/`50400`/`42900` and connection errors, so a lost reply never doubles it.
     public func publish(channel: String, event: String, data: RealtimeJSON = .null, idempotencyKey: String? = nil) async throws -> PublishResult {
-        try await call(.POST, "/v1/realtime/publish", body: BatchMessage(channel: channel, event: event, data: data, idempotencyKey: idempotencyKey))
+        let message = BatchMessage(channel: channel, event: event, data: data, idempotencyKey: idempotencyKey ?? RetryPolicy.newIdempotencyKey())
+        return try await retry.run { try await call(.POST, "/v1/realtime/publish", body: message) }
     }
 
+    /// Publishes a batch; items without an idempotency key get one of the SDK's own, so a
+    /// retried batch reports the items already applied as `duplicate` instead of doubling them.
     public func publishBatch(_ messages: [BatchMessage]) async throws -> [BatchResult] {
+        var messages = messages
+        for i in messages.indices where messages[i].idempotencyKey == nil { messages[i].idempotencyKey = RetryPolicy.newIdempotencyKey() }
         struct Body: Encodable { var messages: [BatchMessage] }
         struct Item: Decodable {
             var message_id: String?
@@ -32,7 +47,8 @@ public struct RealtimeREST: Sendable {
             var error: ErrorBody?
         }
         struct Reply: Decodable { var results: [Item] }
-        let reply: Reply = try await call(.POST, "/v1/realtime/publish/batch", body: Body(messages: messages))
+        let body = Body(messages: messages)
+        let reply: Reply = try await retry.run { try await call(.POST, "/v1/realtime/publish/batch", body: body) }
         return reply.results.map { item in
             if let e = item.error { return .failed(code: e.code, message: e.message) }
             return .published(messageID: item.message_id ?? "", status: item.status ?? "published")
@@ -110,6 +126,7 @@ public struct RealtimeREST: Sendable {
         var code: Int
         var message: String
         var status: Int?
+        var retry_after_ms: Int?
     }
 
     func call<Reply: Decodable>(_ method: HTTPMethod, _ path: String) async throws -> Reply {
@@ -128,12 +145,13 @@ public struct RealtimeREST: Sendable {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(bytes: body))
         }
-        let response = try await http.execute(request, timeout: .seconds(30))
+        let response = try await http.execute(request, timeout: .nanoseconds(Int64(requestTimeout.components.seconds) * 1_000_000_000 + requestTimeout.components.attoseconds / 1_000_000_000))
         let bytes = Data((try await response.body.collect(upTo: 64 << 20)).readableBytesView)
         guard (200..<300).contains(Int(response.status.code)) else {
             struct Envelope: Decodable { var error: ErrorBody }
             if let e = try? JSONDecoder().decode(Envelope.self, from: bytes) {
-                throw RealtimeClientError(code: e.error.code, message: e.error.message, status: Int(response.status.code))
+                let retryAfter = e.error.retry_after_ms ?? response.headers.first(name: "Retry-After").flatMap(Int.init).map { $0 * 1000 }
+                throw RealtimeClientError(code: e.error.code, message: e.error.message, status: Int(response.status.code), retryAfterMilliseconds: retryAfter)
             }
             throw RealtimeClientError(code: Int(response.status.code) * 100, message: String(decoding: bytes, as: UTF8.self), status: Int(response.status.code))
         }

@@ -4,6 +4,7 @@ import Logging
 import RealtimeClient
 import ServiceLifecycle
 import Synchronization
+import RealtimeTestSupport
 import Testing
 @testable import RealtimeServer
 
@@ -304,6 +305,34 @@ import Testing
             let snippet = lines[begin..<end].map { $0.count >= 12 ? String($0.dropFirst(12)) : "" }.joined(separator: "\n")
             let readme = try String(contentsOfFile: #filePath.replacingOccurrences(of: "Tests/RealtimeServerTests/SwiftClientTests.swift", with: "README.md"), encoding: .utf8)
             #expect(readme.contains(snippet), "README's Swift example differs from the tested one")
+        }
+    }
+}
+
+/// Contract §10's safe retries, through the Swift SDK: a publish whose reply is lost (the link
+/// stalls until the SDK gives up on the request, and what it sent arrives later) is retried
+/// with the SDK's own idempotency key and exists exactly once.
+@Suite struct SwiftClientRetryTests {
+    @Test func aPublishWhoseReplyIsLostIsAppliedExactlyOnce() async throws {
+        try await TestNode.with { node in
+            let proxy = FaultProxy(upstreamPort: node.port)
+            try await proxy.start()
+            defer { proxy.stop() }
+            let rest = RealtimeREST(
+                baseURL: "http://127.0.0.1:\(proxy.port)", apiKey: node.key,
+                retry: RetryPolicy(attempts: 20, baseDelay: .milliseconds(200), maxDelay: .milliseconds(500)), requestTimeout: .seconds(1))
+            proxy.pause()
+            let publishing = Task { try await rest.publish(channel: "once", event: "e", data: ["n": 1]) }
+            // Longer than the request timeout: the first attempt's reply is lost for good.
+            try await Task.sleep(for: .milliseconds(1800))
+            proxy.resume()
+            let result = try await publishing.value
+            let history = try await node.rest(.GET, "/v1/realtime/channels/once/history").json["messages"].array
+            #expect(history.count == 1)
+            #expect(history.first?["id"].string == result.messageID)
+            // Errors that retrying cannot fix are not retried.
+            let direct = RealtimeREST(baseURL: "http://127.0.0.1:\(node.port)", apiKey: node.key)
+            await #expect(throws: RealtimeClientError.self) { try await direct.publish(channel: "bad name", event: "e") }
         }
     }
 }
