@@ -3,6 +3,8 @@
 export class RealtimeError extends Error {
   /** The contract's 5-digit error code (0 for client-side failures such as a lost connection). */
   code: number;
+  /** The server's retry hint for 42900, in milliseconds. */
+  retryAfterMs?: number;
 }
 
 export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed" | "failed";
@@ -104,7 +106,11 @@ export class RealtimeChannel extends Emitter<{
   readonly state: "subscribing" | "subscribed" | "unsubscribed";
   subscribe(): Promise<unknown>;
   unsubscribe(): Promise<void>;
-  publish(event: string, data: unknown, options?: { idempotencyKey?: string }): Promise<{ message_id: string; status: "published" | "duplicate" }>;
+  /** Carries `idempotencyKey` or a key of its own; retried with it on 50300/50400/42900 and lost replies. */
+  publish(
+    event: string, data: unknown,
+    options?: { idempotencyKey?: string; retry?: { attempts?: number; baseDelayMs?: number; maxDelayMs?: number } },
+  ): Promise<{ message_id: string; status: "published" | "duplicate" }>;
   enterPresence(data?: unknown): Promise<unknown>;
   updatePresence(data?: unknown): Promise<unknown>;
   leavePresence(): Promise<unknown>;

@@ -12,10 +12,39 @@
 // (`{token, endpoint}`), whose endpoint is then used.
 
 export class RealtimeError extends Error {
-  constructor(code, message) {
+  constructor(code, message, retryAfterMs) {
     super(message);
     this.name = "RealtimeError";
     this.code = code;
+    /** The server's hint for 42900, in milliseconds. */
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/** A fresh idempotency key for one logical publish. */
+function newIdempotencyKey() {
+  if (globalThis.crypto?.randomUUID) return "sdk-" + globalThis.crypto.randomUUID();
+  return "sdk-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2);
+}
+
+/**
+ * Runs `attempt` until it succeeds or fails with an error a retry cannot fix: retried on
+ * 50300 (nothing published), 50400 (outcome unknown), 42900 (after the hint) and on a reply
+ * that never came or a connection that was down (code 0); never on other errors. The caller
+ * keeps the same idempotency key across attempts, so a retry is applied at most once.
+ */
+async function withRetries(attempt, { attempts = 5, baseDelayMs = 100, maxDelayMs = 2000 } = {}) {
+  let delay = baseDelayMs;
+  for (let i = 1; ; i++) {
+    try {
+      return await attempt();
+    } catch (e) {
+      const code = e?.code ?? 0;
+      if (i >= attempts || ![0, 50300, 50400, 42900].includes(code)) throw e;
+      const wait = Math.max(code === 42900 ? e.retryAfterMs ?? 0 : 0, Math.random() * delay);
+      await new Promise((r) => setTimeout(r, wait));
+      delay = Math.min(delay * 2, maxDelayMs);
+    }
   }
 }
 
@@ -138,7 +167,7 @@ export class RealtimeClient extends Emitter {
       const p = this._pending.get(f.ref);
       this._pending.delete(f.ref);
       clearTimeout(p.timer);
-      if (f.type === "error") p.reject(new RealtimeError(f.code, f.message)); else p.resolve(f);
+      if (f.type === "error") p.reject(new RealtimeError(f.code, f.message, f.retry_after_ms)); else p.resolve(f);
       return;
     }
     switch (f.type) {
@@ -305,11 +334,14 @@ export class RealtimeChannel extends Emitter {
     this._setState("unsubscribed");
   }
 
-  /** Publishes over the connection; resolves with {message_id, status}. */
+  /**
+   * Publishes over the connection; resolves with {message_id, status}. Carries
+   * `options.idempotencyKey` or a key of its own, and retries with it (see withRetries;
+   * `options.retry` tunes attempts and delays), so a lost reply never doubles a message.
+   */
   publish(event, data, options = {}) {
-    const fields = { channel: this.name, event, data };
-    if (options.idempotencyKey) fields.idempotency_key = options.idempotencyKey;
-    return this.client.request("publish", fields);
+    const fields = { channel: this.name, event, data, idempotency_key: options.idempotencyKey ?? newIdempotencyKey() };
+    return withRetries(() => this.client.request("publish", fields), options.retry);
   }
 
   /** Enters presence (entered again after a reconnect). */

@@ -1,5 +1,8 @@
 import json
 import os
+import random
+import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,10 +22,15 @@ class RealtimeError(Exception):
 class Realtime:
     """REST client with an API key. Every call returns the decoded JSON response."""
 
-    def __init__(self, url=None, api_key=None, timeout=10.0):
+    #: Codes a publish is retried on (with the same idempotency key): nothing was published,
+    #: outcome unknown, rate limited. Connection errors and timeouts are retried too.
+    RETRYABLE = (50300, 50400, 42900)
+
+    def __init__(self, url=None, api_key=None, timeout=10.0, retries=5):
         self.url = (url or os.environ.get("REALTIME_URL") or "http://127.0.0.1:8080").rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("REALTIME_API_KEY")
         self.timeout = timeout
+        self.retries = max(1, retries)
         self.token = _Tokens(self)
         self.channel = _Channels(self)
         self.presence = _Presence(self)
@@ -32,16 +40,35 @@ class Realtime:
 
     def publish(self, channel, event, data=None, idempotency_key=None):
         """Publishes one message. Returns `{"message_id", "channel", "timestamp", "status"}`;
-        `status` is `"duplicate"` when `idempotency_key` was seen on the channel before."""
-        body = {"channel": channel, "event": event, "data": data}
-        if idempotency_key is not None:
-            body["idempotency_key"] = idempotency_key
-        return self.request("POST", "/v1/realtime/publish", body)
+        `status` is `"duplicate"` when `idempotency_key` was seen on the channel before.
+
+        Without an `idempotency_key` the client uses one of its own, and it retries (with the
+        same key) on 50300, 50400, 42900 and connection errors, so a retry never doubles it."""
+        body = {"channel": channel, "event": event, "data": data,
+                "idempotency_key": idempotency_key if idempotency_key is not None else _new_key()}
+        return self._retrying(lambda: self.request("POST", "/v1/realtime/publish", body))
 
     def publish_batch(self, messages):
         """Publishes in order. `messages`: dicts with channel, event, data, idempotency_key?.
-        Returns one result per message: `{"message_id", "status"}` or `{"error": {...}}`."""
-        return self.request("POST", "/v1/realtime/publish/batch", {"messages": list(messages)})["results"]
+        Returns one result per message: `{"message_id", "status"}` or `{"error": {...}}`.
+        Items without a key get one of the client's own, so a retried batch doubles nothing."""
+        items = [dict(m, idempotency_key=m.get("idempotency_key") or _new_key()) for m in messages]
+        return self._retrying(lambda: self.request("POST", "/v1/realtime/publish/batch", {"messages": items}))["results"]
+
+    def _retrying(self, call):
+        delay = 0.1
+        for attempt in range(1, self.retries + 1):
+            try:
+                return call()
+            except RealtimeError as e:
+                if e.code not in self.RETRYABLE or attempt == self.retries:
+                    raise
+                time.sleep(max(e.retry_after or 0, random.uniform(0, delay)))
+            except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError):
+                if attempt == self.retries:
+                    raise
+                time.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, 2.0)
 
     # -- history
 
@@ -137,6 +164,10 @@ class _Keys:
 
     def revoke(self, key_id):
         self._c.request("DELETE", f"/v1/realtime/keys/{_quote(key_id)}")
+
+
+def _new_key():
+    return "sdk-" + os.urandom(16).hex()
 
 
 def _drop_none(**kw):

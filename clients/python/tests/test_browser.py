@@ -303,3 +303,35 @@ def test_the_browser_client_never_retries_after_close_4003(gateway):
     finally:
         page.close()
         server.close()
+
+
+def test_a_browser_publish_whose_reply_is_lost_is_retried_with_its_own_key_and_applied_once(gateway):
+    rest = Realtime(url=gateway, api_key=KEY)
+    token = rest.token.issue(client_id="retrier", capabilities={"retry-demo": ["*"]})["token"]
+    page = Page(gateway + "/console")
+    try:
+        page.wait_loaded()
+        # The first reply to a publish is swallowed and reported as outcome unknown (50400),
+        # as when a node's link to Redis stalls after the write was sent.
+        result = page.evaluate(f"""(async () => {{
+            const {{ RealtimeClient, RealtimeError }} = await import('/v1/realtime/client.js');
+            const client = new RealtimeClient({{ token: {json.dumps(token)}, url: location.origin.replace('http', 'ws') + '/v1/realtime/ws' }});
+            await client.ready();
+            const request = client.request.bind(client);
+            let lost = 0;
+            client.request = async (op, fields) => {{
+                const reply = await request(op, fields);
+                if (op === 'publish' && lost++ === 0) throw new RealtimeError(50400, 'outcome unknown');
+                return reply;
+            }};
+            const channel = client.channel('retry-demo');
+            const sent = await channel.publish('e', {{ n: 1 }}, {{ retry: {{ baseDelayMs: 10 }} }});
+            client.close();
+            return {{ sent, attempts: lost }};
+        }})()""")
+        assert result["attempts"] == 2
+        assert result["sent"]["status"] == "duplicate"
+        history = rest.history("retry-demo")["messages"]
+        assert len(history) == 1 and history[0]["id"] == result["sent"]["message_id"]
+    finally:
+        page.close()

@@ -118,3 +118,31 @@ def test_an_explicit_client_needs_no_environment(gateway, monkeypatch):
     monkeypatch.delenv("REALTIME_URL")
     monkeypatch.delenv("REALTIME_API_KEY")
     assert Realtime(url=gateway, api_key=KEY).channel.get(unique("any"))["subscribers"] == 0
+
+
+def test_a_publish_whose_reply_is_lost_is_retried_with_the_clients_own_key_and_applied_once(gateway):
+    rest = Realtime(url=gateway, api_key=KEY)
+    calls = []
+    real = rest.request
+
+    def losing_first_reply(method, path, body=None):
+        calls.append(body)
+        reply = real(method, path, body)
+        if path.endswith("/publish") and len(calls) == 1:
+            raise RealtimeError(50400, "outcome unknown", 504)
+        return reply
+
+    rest.request = losing_first_reply
+    sent = rest.publish("py-retry", "e", {"n": 1})
+    assert sent["status"] == "duplicate"
+    assert calls[0]["idempotency_key"] == calls[1]["idempotency_key"]
+    assert [m["id"] for m in Realtime(url=gateway, api_key=KEY).history("py-retry")["messages"]] == [sent["message_id"]]
+    # A refusal a retry cannot fix is not retried.
+    calls.clear()
+    rest.request = losing_first_reply
+    try:
+        rest.publish("bad name", "e", 1)
+        raise AssertionError("expected a refusal")
+    except RealtimeError as e:
+        assert e.code == 40010
+    assert len(calls) == 1
