@@ -46,9 +46,6 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     private var assemblingCompressed = false
     private var work = Deque<Work>()
     private var workBytes = 0
-    private var processing = false
-    /// A read the pipeline asked for while the task had too much queued.
-    private var heldRead = false
 
     // One timer per connection, for whichever is due first: the next heartbeat or the next look
     // at the token's lifetime.
@@ -56,23 +53,14 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     private var timerDeadline: NIODeadline?
     private var nextBeat = NIODeadline.distantFuture
     private var nextExpiryCheck: NIODeadline?
-    private var awaitingPong = false
     /// The token expiry the next expiry check was computed for.
     private var expiryComputedFor: Int64?
 
-    // Closing.
-    private var closeStarted = false
     /// The message being assembled came as binary frames.
     private var assemblingBinary = false
-    /// Close right after our close frame instead of waiting for the peer's (it already sent
-    /// one, or broke the protocol, or stopped answering pings).
-    private var closeWithoutHandshake = false
-    private var closeSent = false
+    /// Heartbeat, close handshake, cleanup and read pause: decided there, carried out here.
+    private var machine = ConnectionStateMachine()
     private var closeTimer: Scheduled<Void>?
-    private var inactive = false
-    private var cleanupStarted = false
-    private var cleanedUp = false
-    private var finished = false
 
     init(session: WebSocketSession, registered: Bool, inflater: PerMessageDeflate.Inflater?) {
         self.session = session
@@ -93,14 +81,15 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        // A peer gone during the upgrade never sends channelInactive through this handler.
-        if !context.channel.isActive { inactive = true }
         let loop = self.loop
         session.closer.onClose { [weak self] request in
             guard let connection = self else { return }
-            loop.execute { connection.beginClose(request) }
+            loop.execute {
+                connection.execute(connection.machine.requestClose(.init(code: request.code, reason: request.reason, dropQueued: request.dropQueued)))
+            }
         }
-        if inactive { session.closer.close(code: 1006, reason: "", dropQueued: true) }
+        // A peer gone during the upgrade never sends channelInactive through this handler.
+        if !context.channel.isActive { execute(machine.socketDidClose()) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -124,10 +113,10 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
         case .text, .binary, .continuation:
             receivedData(frame)
         case .ping:
-            guard !closeStarted else { return }
+            guard !machine.isClosing else { return }
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
         case .pong:
-            awaitingPong = false
+            machine.pongReceived()
         case .connectionClose:
             receivedClose(frame)
         default:
@@ -136,7 +125,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private func receivedData(_ frame: WebSocketFrame) {
-        guard !closeStarted else { return }
+        guard !machine.isClosing else { return }
         if frame.rsv2 || frame.rsv3 || (frame.rsv1 && (inflater == nil || frame.opcode == .continuation)) {
             return failProtocol("reserved bit set")
         }
@@ -154,9 +143,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
             } catch .tooLarge {
                 return messageTooLarge()
             } catch {
-                closeWithoutHandshake = true
-                session.closer.close(code: 1007, reason: "invalid compressed data", dropQueued: true)
-                return
+                return execute(machine.protocolViolation(code: 1007, reason: "invalid compressed data"))
             }
         } else {
             payload = Self.unmaskedBytes(frame)
@@ -192,17 +179,10 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private func failProtocol(_ reason: String) {
-        closeWithoutHandshake = true
-        session.closer.close(code: 1002, reason: reason, dropQueued: true)
+        execute(machine.protocolViolation(code: 1002, reason: reason))
     }
 
     private func receivedClose(_ frame: WebSocketFrame) {
-        if closeSent {
-            // The answer to our close frame.
-            context?.close(promise: nil)
-            return
-        }
-        closeWithoutHandshake = true
         var data = frame.unmaskedData
         // Answer with a normal closure, unless the peer's close frame is malformed or carries
         // a code no peer may send.
@@ -212,7 +192,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
         case 1: reply = 1002
         default: reply = data.readInteger(as: UInt16.self).map(Self.peerMaySend) == true ? 1000 : 1002
         }
-        session.closer.close(code: reply, reason: "", dropQueued: true)
+        execute(machine.peerClosed(replyCode: reply))
     }
 
     private static func peerMaySend(_ code: UInt16) -> Bool {
@@ -223,18 +203,11 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func read(context: ChannelHandlerContext) {
-        if readsPaused, !closeStarted {
-            heldRead = true
-        } else {
-            context.read()
-        }
+        execute(machine.readRequested(paused: readsPaused))
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if heldRead, !readsPaused {
-            heldRead = false
-            context.read()
-        }
+        execute(machine.readsMayResume(paused: readsPaused))
         context.fireChannelWritabilityChanged()
     }
 
@@ -244,7 +217,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
         } else if let event = event as? ChannelEvent, event == .inputClosed {
             // The peer's stream ended without a close frame (the server allows half-closure for
             // HTTP): the connection is gone now (contract §10), not after missed heartbeats.
-            context.close(promise: nil)
+            execute(machine.inputClosed())
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -255,23 +228,22 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        inactive = true
         closeTimer?.cancel()
         stopTimers()
+        execute(machine.socketDidClose())
+        // Marks the session's latch too, so nothing more is queued for it.
         session.closer.close(code: 1006, reason: "", dropQueued: true)
-        finishIfDone()
         context.fireChannelInactive()
     }
 
     // MARK: The task
 
     private func enqueue(_ item: Work) {
-        guard !processing else {
+        guard machine.opArrived() else {
             work.append(item)
             workBytes += item.bytes
             return
         }
-        processing = true
         Task { await self.process(item) }
     }
 
@@ -297,16 +269,12 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     private func dequeue() -> Work? {
         if session.claims?.expiresAt != expiryComputedFor { scheduleExpiry() }
-        guard !closeStarted, !session.closer.isClosing, let item = work.popFirst() else {
-            processing = false
-            if closeStarted { startCleanup() }
+        guard !machine.isClosing, !session.closer.isClosing, let item = work.popFirst() else {
+            execute(machine.opsDone())
             return nil
         }
         workBytes -= item.bytes
-        if heldRead, !readsPaused {
-            heldRead = false
-            context?.read()
-        }
+        execute(machine.readsMayResume(paused: readsPaused))
         return item
     }
 
@@ -317,7 +285,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// Sets the timer for the earliest thing due, unless it is already set for it.
     private func armTimer() {
         let deadline = min(nextBeat, nextExpiryCheck ?? .distantFuture)
-        guard !closeStarted, deadline != .distantFuture else { return stopTimers() }
+        guard !machine.isClosing, deadline != .distantFuture else { return stopTimers() }
         guard deadline != timerDeadline else { return }
         timer?.cancel()
         timerDeadline = deadline
@@ -340,16 +308,8 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private func beat() {
-        guard !closeStarted, let context else { return }
-        if awaitingPong {
-            closeWithoutHandshake = true
-            session.closer.close(code: 1001, reason: "ping timeout", dropQueued: true)
-            return
-        }
-        awaitingPong = true
-        var data = context.channel.allocator.buffer(capacity: 8)
-        data.writeInteger(UInt64.random(in: 0...UInt64.max))
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: data)), promise: nil)
+        guard context != nil else { return }
+        execute(machine.heartbeatDue())
     }
 
     /// Looks at the token's lifetime now (pushing `token_expiring` or closing as due) and sets
@@ -357,7 +317,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     private func scheduleExpiry() {
         expiryComputedFor = session.claims?.expiresAt
         nextExpiryCheck = nil
-        if !closeStarted, let delay = session.checkExpiry(authDeadline: authDeadline) {
+        if !machine.isClosing, let delay = session.checkExpiry(authDeadline: authDeadline) {
             nextExpiryCheck = .now() + .milliseconds(max(delay, 1))
         }
         armTimer()
@@ -369,69 +329,63 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
         timerDeadline = nil
     }
 
-    // MARK: Closing
+    // MARK: Carrying out the machine's actions
 
-    /// Runs once per connection, for the first close request from anywhere: the session leaves
-    /// the hub at once (after an op in flight), queued frames are flushed (or dropped), then the
-    /// close frame goes out. The socket is closed when the peer answers it, 5 s after it was
-    /// written, or, for a peer that does not read it at all, after a heartbeat period (the time
-    /// such a peer would be given before it counted as gone).
-    private func beginClose(_ request: CloseLatch.Request) {
-        guard !closeStarted else { return }
-        closeStarted = true
+    private func execute(_ actions: [ConnectionStateMachine.Action]) {
+        for action in actions {
+            switch action {
+            case .sendPing:
+                guard let context else { continue }
+                var data = context.channel.allocator.buffer(capacity: 8)
+                data.writeInteger(UInt64.random(in: 0...UInt64.max))
+                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: data)), promise: nil)
+            case .beginClose(let close):
+                beginClose(close)
+            case .closeSocket:
+                context?.close(promise: nil)
+            case .awaitCloseAnswer:
+                closeTimer?.cancel()
+                closeTimer = loop.scheduleTask(in: .seconds(5)) { [weak self] in self?.context?.close(promise: nil) }
+            case .startCleanup:
+                Task {
+                    await self.session.cleanup()
+                    self.loop.execute { self.execute(self.machine.cleanupDone()) }
+                }
+            case .finish:
+                if registered {
+                    runtime.registry.remove(session)
+                    runtime.metrics.connections.decrement()
+                }
+            case .read:
+                context?.read()
+            }
+        }
+    }
+
+    /// Stops timers and queued ops, has the writer flush (or drop) what it queued, then writes
+    /// the close frame, so it always follows the last data frame. A peer that does not read it
+    /// at all is given a heartbeat period (the time it would get before counting as gone).
+    private func beginClose(_ close: ConnectionStateMachine.Close) {
         stopTimers()
         work.removeAll()
         workBytes = 0
         assembling = []
-        if !processing { startCleanup() }
-        guard !inactive, let context else { return }
-        if heldRead {
-            heldRead = false
-            context.read()
-        }
+        guard let context else { return }
         let bound = TimeAmount.seconds(Int64(max(runtime.configuration.timing.heartbeatSeconds, 5)))
         closeTimer = loop.scheduleTask(in: bound) { [weak self] in self?.context?.close(promise: nil) }
-        let frame = Self.closeFrame(request, allocator: context.channel.allocator)
-        session.writer.finish(dropQueued: request.dropQueued || closeWithoutHandshake, on: loop).whenComplete { [self] _ in
-            guard !inactive, let context = self.context else { return }
-            closeSent = true
+        let frame = Self.closeFrame(code: close.code, reason: close.reason, allocator: context.channel.allocator)
+        session.writer.finish(dropQueued: close.dropQueued, on: loop).whenComplete { [self] _ in
+            guard !machine.socketClosed, let context = self.context else { return }
             context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { [self] _ in
-                guard !inactive else { return }
-                if closeWithoutHandshake {
-                    self.context?.close(promise: nil)
-                    return
-                }
-                closeTimer?.cancel()
-                closeTimer = loop.scheduleTask(in: .seconds(5)) { [weak self] in self?.context?.close(promise: nil) }
+                execute(machine.closeFrameWritten())
             }
         }
     }
 
-    private static func closeFrame(_ request: CloseLatch.Request, allocator: ByteBufferAllocator) -> WebSocketFrame {
-        var data = allocator.buffer(capacity: 2 + request.reason.utf8.count)
-        data.writeInteger(request.code)
-        data.writeString(String(request.reason.utf8.prefix(123)) ?? "")
+    private static func closeFrame(code: UInt16, reason: String, allocator: ByteBufferAllocator) -> WebSocketFrame {
+        var data = allocator.buffer(capacity: 2 + reason.utf8.count)
+        data.writeInteger(code)
+        data.writeString(String(reason.utf8.prefix(123)) ?? "")
         return WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
-    }
-
-    private func startCleanup() {
-        guard !cleanupStarted else { return }
-        cleanupStarted = true
-        Task {
-            await self.session.cleanup()
-            self.loop.execute {
-                self.cleanedUp = true
-                self.finishIfDone()
-            }
-        }
-    }
-
-    private func finishIfDone() {
-        guard cleanedUp, inactive, !finished else { return }
-        finished = true
-        if registered {
-            runtime.registry.remove(session)
-            runtime.metrics.connections.decrement()
-        }
     }
 }

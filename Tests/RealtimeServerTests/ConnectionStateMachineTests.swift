@@ -1,0 +1,148 @@
+import Testing
+@testable import RealtimeServer
+
+/// The connection's lifecycle without I/O: every path to a closed, cleaned-up connection.
+@Suite struct ConnectionStateMachineTests {
+    typealias M = ConnectionStateMachine
+    let bye = M.Close(code: 4001, reason: "token expired", dropQueued: false)
+
+    @Test func aHeartbeatPingsAndAMissedPongClosesWith1001WithoutWaitingForAnAnswer() {
+        var m = M()
+        let r1 = m.heartbeatDue()
+        #expect(r1 == [.sendPing])
+        m.pongReceived()
+        let r2 = m.heartbeatDue()
+        #expect(r2 == [.sendPing])
+        let closing = m.heartbeatDue()
+        #expect(closing == [.startCleanup, .beginClose(M.Close(code: 1001, reason: "ping timeout", dropQueued: true))])
+        let r3 = m.closeFrameWritten()
+        #expect(r3 == [.closeSocket])
+        let r4 = m.heartbeatDue()
+        #expect(r4.isEmpty, "no pings once closing")
+    }
+
+    @Test func aServerCloseFlushesWaitsForTheAnswerThenFinishesAfterCleanup() {
+        var m = M()
+        let r5 = m.requestClose(bye)
+        #expect(r5 == [.startCleanup, .beginClose(bye)])
+        let r6 = m.requestClose(M.Close(code: 1012, reason: "draining", dropQueued: false))
+        #expect(r6.isEmpty, "the first close wins")
+        let r7 = m.closeFrameWritten()
+        #expect(r7 == [.awaitCloseAnswer])
+        let r8 = m.peerClosed(replyCode: 1000)
+        #expect(r8 == [.closeSocket])
+        let r9 = m.cleanupDone()
+        #expect(r9.isEmpty, "still open at the socket level")
+        let r10 = m.socketDidClose()
+        #expect(r10 == [.finish])
+    }
+
+    @Test func aClientCloseIsAnsweredAndTheSocketClosedRightAfter() {
+        var m = M()
+        let r11 = m.peerClosed(replyCode: 1000)
+        #expect(r11 == [.startCleanup, .beginClose(M.Close(code: 1000, reason: "", dropQueued: true))])
+        let r12 = m.closeFrameWritten()
+        #expect(r12 == [.closeSocket])
+        let r13 = m.socketDidClose()
+        #expect(r13.isEmpty)
+        let r14 = m.cleanupDone()
+        #expect(r14 == [.finish])
+    }
+
+    @Test func anOpInFlightDelaysCleanupUntilItIsDone() {
+        var m = M()
+        let r15 = m.opArrived()
+        #expect(r15)
+        let r16 = m.opArrived()
+        #expect(!r16, "one task at a time")
+        let r17 = m.requestClose(bye)
+        #expect(r17 == [.beginClose(bye)])
+        let r18 = m.opsDone()
+        #expect(r18 == [.startCleanup])
+        let r19 = m.opsDone()
+        #expect(r19.isEmpty, "cleanup starts once")
+    }
+
+    @Test func eofClosesAtOnceAndCleansUpWithoutAHandshake() {
+        var m = M()
+        let r20 = m.inputClosed()
+        #expect(r20 == [.closeSocket])
+        let r21 = m.socketDidClose()
+        #expect(r21 == [.startCleanup])
+        let r22 = m.closeFrameWritten()
+        #expect(r22.isEmpty, "no close frame on a closed socket")
+        let r23 = m.cleanupDone()
+        #expect(r23 == [.finish])
+        let r24 = m.cleanupDone()
+        #expect(r24.isEmpty, "finishes once")
+    }
+
+    @Test func heldReadsResumeWhenThePressureIsGoneAndWhenClosing() {
+        var m = M()
+        let r25 = m.readRequested(paused: true)
+        #expect(r25.isEmpty)
+        let r26 = m.readsMayResume(paused: true)
+        #expect(r26.isEmpty)
+        let r27 = m.readsMayResume(paused: false)
+        #expect(r27 == [.read])
+        let r28 = m.readsMayResume(paused: false)
+        #expect(r28.isEmpty, "one held read, released once")
+        _ = m.readRequested(paused: true)
+        // Closing reads on, so the peer's answer to the close frame is seen.
+        let r29 = m.requestClose(bye)
+        #expect(r29 == [.startCleanup, .read, .beginClose(bye)])
+        let r30 = m.readRequested(paused: true)
+        #expect(r30 == [.read])
+    }
+
+    @Test func aProtocolViolationDropsWhatIsQueuedAndDoesNotWaitForTheAnswer() {
+        var m = M()
+        let r31 = m.protocolViolation(code: 1002, reason: "reserved bit set")
+        #expect(r31 == [.startCleanup, .beginClose(M.Close(code: 1002, reason: "reserved bit set", dropQueued: true))])
+        let r32 = m.closeFrameWritten()
+        #expect(r32 == [.closeSocket])
+    }
+
+    /// Whatever order the events come in, a connection ends cleaned up and finished, once.
+    @Test func everyOrderOfEventsEndsFinishedExactlyOnce() {
+        enum Event: CaseIterable { case heartbeat, pong, close, peerClose, written, eof, socketClosed, opIn, opsDone, cleanupDone }
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            var m = M()
+            var finishes = 0
+            var cleanups = 0
+            var socketClosed = false
+            var cleanupRan = false
+            func apply(_ actions: [M.Action]) {
+                for a in actions {
+                    if a == .finish { finishes += 1 }
+                    if a == .startCleanup { cleanups += 1 }
+                }
+            }
+            for _ in 0..<12 {
+                switch Event.allCases.randomElement(using: &rng)! {
+                case .heartbeat: apply(m.heartbeatDue())
+                case .pong: m.pongReceived()
+                case .close: apply(m.requestClose(bye))
+                case .peerClose: apply(m.peerClosed(replyCode: 1000))
+                case .written: apply(m.closeFrameWritten())
+                case .eof: apply(m.inputClosed())
+                case .socketClosed where !socketClosed:
+                    socketClosed = true
+                    apply(m.socketDidClose())
+                case .opIn: _ = m.opArrived()
+                case .opsDone where m.processing: apply(m.opsDone())
+                case .cleanupDone where cleanups == 1 && !cleanupRan:
+                    cleanupRan = true
+                    apply(m.cleanupDone())
+                default: break
+                }
+            }
+            // Drive to the end as the handler would.
+            if !socketClosed { apply(m.socketDidClose()) }
+            if m.processing { apply(m.opsDone()) }
+            if !cleanupRan, cleanups == 1 { apply(m.cleanupDone()) }
+            #expect(cleanups == 1 && finishes == 1, "cleanups \(cleanups), finishes \(finishes)")
+        }
+    }
+}
