@@ -229,7 +229,7 @@ import Testing
     }
 
     @Test func publishRateIsLimitedPerKeyWithARetryHint() async throws {
-        try await TestNode.with({ $0.limits.keyPublishRate = 5 }) { node in
+        try await TestNode.with({ $0.limits.keyPublishRate = 1 }) { node in
             var limited: TestNode.Reply?
             for _ in 0..<30 {
                 let r = try await node.publish("fast")
