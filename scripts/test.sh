@@ -11,10 +11,24 @@ swift build --build-tests
 # The whole Swift suite runs in one process (about 2 minutes here). It has been seen to stall,
 # rarely, with every thread idle (see docs/robustness.md, "Known issue"); bound each run so a
 # stall costs minutes, not CI's whole limit, and try again (at most three runs). A failing
-# test fails at once.
+# test fails at once. The run gets a process group of its own, so a stalled test process is
+# ended with it (ending `swift test` alone would leave it behind).
+run_swift_tests() {
+  setsid swift test --skip-build &
+  local pid=$! deadline=$((SECONDS + 600))
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ $SECONDS -ge $deadline ]; then
+      kill -KILL -- "-$pid" 2>/dev/null
+      wait "$pid" 2>/dev/null
+      return 124
+    fi
+    sleep 2
+  done
+  wait "$pid"
+}
 for attempt in 1 2 3; do
   set +e
-  timeout 600 swift test --skip-build
+  run_swift_tests
   rc=$?
   set -e
   [ $rc -eq 124 ] || break
