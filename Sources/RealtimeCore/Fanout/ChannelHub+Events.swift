@@ -122,6 +122,7 @@ extension ChannelHub {
             ch.held = []
             let waiters = ch.waiters.values
             ch.waiters = [:]
+            ch.waitingSince = [:]
             for w in waiters { w.resume() }
             var detach = false
             if ch.link == .attached || ch.link == .recovering {

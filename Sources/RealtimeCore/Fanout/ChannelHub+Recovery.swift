@@ -15,6 +15,7 @@ extension ChannelHub {
         defer { shard(channel).withLock { s in if s.channels[channel] != nil { s.channels[channel]!.recovering = false } } }
         var backoff = Duration.milliseconds(50)
         while !Task.isCancelled {
+            expireWaiters(channel)
             guard brokerUp.load(ordering: .relaxed) else {
                 try? await Task.sleep(for: .milliseconds(50))
                 continue
@@ -33,6 +34,22 @@ extension ChannelHub {
                 try? await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, .seconds(2))
             }
+        }
+    }
+
+    /// Fails the subscribers that have waited longer than `linkWait` for this recovering channel.
+    func expireWaiters(_ channel: ChannelName) {
+        let cutoff = ContinuousClock.now - linkWait
+        let expired = shard(channel).withLock { s -> [CheckedContinuation<Void, any Error>] in
+            guard let ch = s.channels[channel] else { return [] }
+            let old = ch.waitingSince.filter { $0.value < cutoff }.map(\.key)
+            return old.compactMap { id in
+                s.channels[channel]!.waitingSince[id] = nil
+                return s.channels[channel]!.waiters.removeValue(forKey: id)
+            }
+        }
+        for waiter in expired {
+            waiter.resume(throwing: RealtimeError.engineUnavailable("the channel is recovering from an engine outage; retry later"))
         }
     }
 
@@ -74,6 +91,7 @@ extension ChannelHub {
             ch.link = .attached
             let waiters = ch.waiters.values
             ch.waiters = [:]
+            ch.waitingSince = [:]
             for w in waiters { w.resume() }
             return true
         }

@@ -131,15 +131,18 @@ extension ChannelHub {
         if removed { markCountDirty(channel) }
     }
 
-    /// Waits (bounded by `linkWait`) until the channel's link is attached, sharing an attach's failure.
+    /// Waits until the channel's link is attached, sharing an attach's failure. An attach is
+    /// bounded by the broker's own timeouts; a wait for a recovering channel is bounded by
+    /// `linkWait`, enforced by the recovery loop (no timer per waiter).
     func waitForLink(_ channel: ChannelName, _ id: UInt64) async throws {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
             let ready = shard(channel).withLock { s -> Bool in
                 guard let link = s.channels[channel]?.link, link != .attached else { return true }
                 s.channels[channel]!.waiters[id] = c
+                s.channels[channel]!.waitingSince[id] = ContinuousClock.now
                 return false
             }
-            if ready { c.resume() } else { schedule(.expireWaiter(channel, id)) }
+            if ready { c.resume() }
         }
     }
 
@@ -192,6 +195,7 @@ extension ChannelHub {
             ch.members = members.map { Dictionary($0.map { ($0.connectionID, $0) }, uniquingKeysWith: { $1 }) }
             let waiters = ch.waiters.values
             ch.waiters = [:]
+            ch.waitingSince = [:]
             defer { for w in waiters { w.resume() } }
             if ch.count == 0 {
                 ch.link = .detaching
@@ -221,6 +225,7 @@ extension ChannelHub {
             var ch = s.channels.removeValue(forKey: channel)!
             let waiters = ch.waiters.values
             ch.waiters = [:]
+            ch.waitingSince = [:]
             ch.pending = [:]
             ch.held = []
             for w in waiters { w.resume(throwing: error) }

@@ -68,7 +68,6 @@ public final class ChannelHub: Sendable {
         case recover(ChannelName)
         case detach(ChannelName)
         case reportCounts
-        case expireWaiter(ChannelName, UInt64)
     }
 
     enum Link {
@@ -110,6 +109,8 @@ public final class ChannelHub: Sendable {
         var pending: [UInt64: Pending] = [:]
         /// Subscribers waiting for the link to be attached, by subscription id.
         var waiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
+        /// When each waiter began waiting (monotonic ns), for the recovery loop to bound it.
+        var waitingSince: [UInt64: ContinuousClock.Instant] = [:]
         /// The last message id passed to this channel's subscribers.
         var lastDelivered = MessageID.zero
         /// The greatest `floor` of a live sink above `lastDelivered` (nil: none is).
@@ -188,10 +189,6 @@ public final class ChannelHub: Sendable {
         case .recover(let channel): await recover(channel)
         case .detach(let channel): try? await drive(channel)
         case .reportCounts: await reportCounts()
-        case .expireWaiter(let channel, let id):
-            try? await Task.sleep(for: linkWait)
-            let waiter = shard(channel).withLock { $0.channels[channel]?.waiters.removeValue(forKey: id) }
-            waiter?.resume(throwing: RealtimeError.engineUnavailable("the channel is recovering from an engine outage; retry later"))
         }
     }
 }
