@@ -60,7 +60,7 @@ extension MemoryEngine: PresenceStore {
         let now = clock.nowMilliseconds()
         var removed = 0
         for index in shards.indices {
-            let drain = shards[index].withLock { s -> Bool in
+            withShard(at: index) { s in
                 for (channel, members) in s.presence {
                     for (connectionID, entry) in members where entry.expiresAt <= now {
                         s.presence[channel]![connectionID] = nil
@@ -71,11 +71,7 @@ extension MemoryEngine: PresenceStore {
                     }
                     if s.presence[channel]?.isEmpty == true { s.presence[channel] = nil }
                 }
-                guard !s.outbox.isEmpty, !s.draining else { return false }
-                s.draining = true
-                return true
             }
-            if drain { drainOutbox(index) }
         }
         return removed
     }

@@ -94,7 +94,11 @@ public final class MemoryEngine: Sendable {
     /// Runs `body` on the channel's shard, then hands out the events it queued (outside the lock).
     @discardableResult
     func withShard<T, E: Error>(_ channel: ChannelName, _ body: (inout Shard) throws(E) -> T) throws(E) -> T {
-        let index = shardIndex(channel)
+        try withShard(at: shardIndex(channel), body)
+    }
+
+    /// The same for a shard by index (the sweeps visit every shard).
+    func withShard<T, E: Error>(at index: Int, _ body: (inout Shard) throws(E) -> T) throws(E) -> T {
         let (result, drain) = try shards[index].withLock { s throws(E) -> (T, Bool) in
             let result = try body(&s)
             guard !s.outbox.isEmpty, !s.draining else { return (result, false) }
