@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import RealtimeServer
 
@@ -51,15 +52,12 @@ import Testing
 
     @Test func anOpInFlightDelaysCleanupUntilItIsDone() {
         var m = M()
-        let r15 = m.opArrived()
-        #expect(r15)
-        let r16 = m.opArrived()
-        #expect(!r16, "one task at a time")
+        m.opStarted()
         let r17 = m.requestClose(bye)
-        #expect(r17 == [.beginClose(bye)])
-        let r18 = m.opsDone()
+        #expect(r17 == [.beginClose(bye)], "no cleanup under an op in flight")
+        let r18 = m.opFinished()
         #expect(r18 == [.startCleanup])
-        let r19 = m.opsDone()
+        let r19 = m.opFinished()
         #expect(r19.isEmpty, "cleanup starts once")
     }
 
@@ -105,7 +103,7 @@ import Testing
 
     /// Whatever order the events come in, a connection ends cleaned up and finished, once.
     @Test func everyOrderOfEventsEndsFinishedExactlyOnce() {
-        enum Event: CaseIterable { case heartbeat, pong, close, peerClose, written, eof, socketClosed, opIn, opsDone, cleanupDone }
+        enum Event: CaseIterable { case heartbeat, pong, close, peerClose, written, eof, socketClosed, opIn, opsDone, cleanupDone, lifetime, token }
         var rng = SystemRandomNumberGenerator()
         for _ in 0..<2000 {
             var m = M()
@@ -130,8 +128,10 @@ import Testing
                 case .socketClosed where !socketClosed:
                     socketClosed = true
                     apply(m.socketDidClose())
-                case .opIn: _ = m.opArrived()
-                case .opsDone where m.processing: apply(m.opsDone())
+                case .opIn where !m.isClosing: m.opStarted()
+                case .opsDone where m.processing: apply(m.opFinished())
+                case .lifetime: apply(m.lifetimeCheck(now: Int64.random(in: 0...4_000_000, using: &rng), authDeadline: 2_000_000, warning: 60_000).actions)
+                case .token: m.tokenAccepted(expiresAt: Int64.random(in: 0...4_000, using: &rng))
                 case .cleanupDone where cleanups == 1 && !cleanupRan:
                     cleanupRan = true
                     apply(m.cleanupDone())
@@ -140,9 +140,53 @@ import Testing
             }
             // Drive to the end as the handler would.
             if !socketClosed { apply(m.socketDidClose()) }
-            if m.processing { apply(m.opsDone()) }
+            if m.processing { apply(m.opFinished()) }
             if !cleanupRan, cleanups == 1 { apply(m.cleanupDone()) }
             #expect(cleanups == 1 && finishes == 1, "cleanups \(cleanups), finishes \(finishes)")
         }
+    }
+
+    // MARK: Token lifetime
+
+    @Test func noTokenByTheDeadlineClosesWith4001() {
+        var m = M()
+        let early = m.lifetimeCheck(now: 1_000, authDeadline: 10_000, warning: 60_000)
+        #expect(early.actions.isEmpty && early.next == 10_000, "looks again at the deadline")
+        let due = m.lifetimeCheck(now: 10_000, authDeadline: 10_000, warning: 60_000)
+        #expect(due.actions == [.send(.authTimeout), .startCleanup, .beginClose(M.Close(code: 4001, reason: "authentication timeout", dropQueued: false))])
+        #expect(due.next == nil)
+        let after = m.lifetimeCheck(now: 20_000, authDeadline: 10_000, warning: 60_000)
+        #expect(after.actions.isEmpty && after.next == nil, "closing: nothing more")
+    }
+
+    @Test func aTokenIsWarnedOnceThenClosedAtExpiry() {
+        var m = M()
+        m.tokenAccepted(expiresAt: 1_000)  // 1,000,000 ms
+        let quiet = m.lifetimeCheck(now: 500_000, authDeadline: 0, warning: 60_000)
+        #expect(quiet.actions.isEmpty && quiet.next == 940_000, "next look at the warning")
+        let warn = m.lifetimeCheck(now: 940_000, authDeadline: 0, warning: 60_000)
+        #expect(warn.actions == [.send(.tokenExpiring(expiresAtMilliseconds: 1_000_000))] && warn.next == 1_000_000)
+        let again = m.lifetimeCheck(now: 950_000, authDeadline: 0, warning: 60_000)
+        #expect(again.actions.isEmpty && again.next == 1_000_000, "warned once per expiry")
+        let expired = m.lifetimeCheck(now: 1_000_000, authDeadline: 0, warning: 60_000)
+        #expect(expired.actions == [.send(.tokenExpired), .startCleanup, .beginClose(M.Close(code: 4001, reason: "token expired", dropQueued: false))])
+    }
+
+    @Test func aRefreshedTokenMovesTheExpiryAndIsWarnedAgain() {
+        var m = M()
+        m.tokenAccepted(expiresAt: 1_000)
+        _ = m.lifetimeCheck(now: 950_000, authDeadline: 0, warning: 60_000)
+        m.tokenAccepted(expiresAt: 2_000)
+        let after = m.lifetimeCheck(now: 1_000_000, authDeadline: 0, warning: 60_000)
+        #expect(after.actions.isEmpty && after.next == 1_940_000, "the old expiry no longer closes")
+        let warn = m.lifetimeCheck(now: 1_950_000, authDeadline: 0, warning: 60_000)
+        #expect(warn.actions == [.send(.tokenExpiring(expiresAtMilliseconds: 2_000_000))])
+    }
+
+    @Test func theLargestExpiryATokenMayCarryDoesNotTrap() {
+        var m = M()
+        m.tokenAccepted(expiresAt: 253_402_300_799)
+        let look = m.lifetimeCheck(now: Int64(Date().timeIntervalSince1970 * 1000), authDeadline: 0, warning: 60_000)
+        #expect(look.actions.isEmpty && look.next == 253_402_300_799_000 - 60_000)
     }
 }

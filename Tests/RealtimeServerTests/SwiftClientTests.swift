@@ -111,7 +111,7 @@ import Testing
                 // The client's socket vanishes, and later the server closes every connection.
                 if received.count == 30 { await connection.dropTransport(); drops += 1 }
                 if received.count == 80 {
-                    for session in node.gateway.runtime.registry.all { session.closer.close(code: 1012, reason: "node restarting") }
+                    for session in node.gateway.runtime.registry.all { session.close(code: 1012, reason: "node restarting") }
                     drops += 1
                 }
                 if received.count == 150 { break }

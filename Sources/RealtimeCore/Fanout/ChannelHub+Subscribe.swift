@@ -14,7 +14,7 @@ extension ChannelHub {
         _ channel: ChannelName,
         sink: any SubscriberSink,
         since: MessageID?,
-        announce: (SubscribeOutcome) -> Void
+        announce: @Sendable (SubscribeOutcome) -> Void
     ) async throws -> HubSubscription? {
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         let role = shard(channel).withLock { s -> Role in

@@ -48,9 +48,9 @@ final class GatewayRuntime: Sendable {
 
     /// Closes (4001) every WebSocket session whose token the key minted: the key was revoked.
     func closeSessions(mintedBy keyID: String) {
-        for session in registry.all where session.claims?.keyID == keyID {
+        for session in registry.sessions(mintedBy: keyID) {
             session.push(WebSocketSession.error(.tokenInvalid("the API key that minted this token was revoked"), ref: nil))
-            session.closer.close(code: 4001, reason: "token revoked")
+            session.close(code: 4001, reason: "token revoked")
         }
     }
 
@@ -108,22 +108,29 @@ struct APIKeyAuthenticator: Sendable {
     }
 }
 
-/// The node's open WebSocket sessions.
+/// The node's open WebSocket sessions, indexed for the background services: by the API key
+/// that minted each one's token (revocation) and by whether it holds presence (heartbeat).
 final class ConnectionRegistry: Sendable {
-    private let sessions = Mutex<[String: WebSocketSession]>([:])
+    private struct Entry {
+        let session: WebSocketSession
+        var keyID: String?
+        var present = false
+    }
+
+    private let entries = Mutex<[String: Entry]>([:])
 
     /// Adds unless `limit` sessions are already open.
     func add(_ session: WebSocketSession, limit: Int) -> Bool {
-        sessions.withLock { s in
+        entries.withLock { s in
             guard s.count < limit else { return false }
-            s[session.connectionID] = session
+            s[session.connectionID] = Entry(session: session)
             return true
         }
     }
 
     func remove(_ session: WebSocketSession) {
-        _ = sessions.withLock { $0.removeValue(forKey: session.connectionID) }
-        authenticated(session)
+        _ = entries.withLock { $0.removeValue(forKey: session.connectionID) }
+        authenticated(session, keyID: nil)
     }
 
     /// Connections open without a token yet (they have `auth_timeout_seconds` to send one).
@@ -139,14 +146,32 @@ final class ConnectionRegistry: Sendable {
         return true
     }
 
-    /// The session authenticated (or went): it no longer counts as unauthenticated.
-    func authenticated(_ session: WebSocketSession) {
+    /// The session authenticated with a token `keyID` minted (or will never: refused, gone):
+    /// it no longer counts as unauthenticated.
+    func authenticated(_ session: WebSocketSession, keyID: String?) {
         if session.awaitingAuth.exchange(false, ordering: .relaxed) { unauthenticated.subtract(1, ordering: .relaxed) }
+        guard let keyID else { return }
+        entries.withLock { $0[session.connectionID]?.keyID = keyID }
+    }
+
+    /// The session now holds some presence membership (or none).
+    func presenceChanged(_ session: WebSocketSession, present: Bool) {
+        entries.withLock { $0[session.connectionID]?.present = present }
     }
 
     var unauthenticatedCount: Int { unauthenticated.load(ordering: .relaxed) }
 
-    var count: Int { sessions.withLock { $0.count } }
+    var count: Int { entries.withLock { $0.count } }
 
-    var all: [WebSocketSession] { sessions.withLock { Array($0.values) } }
+    var all: [WebSocketSession] { entries.withLock { $0.values.map(\.session) } }
+
+    /// The API keys behind the open sessions' tokens.
+    var keyIDs: Set<String> { entries.withLock { Set($0.values.compactMap(\.keyID)) } }
+
+    func sessions(mintedBy keyID: String) -> [WebSocketSession] {
+        entries.withLock { $0.values.filter { $0.keyID == keyID }.map(\.session) }
+    }
+
+    /// Sessions with at least one presence membership.
+    var withPresence: [WebSocketSession] { entries.withLock { $0.values.filter(\.present).map(\.session) } }
 }

@@ -30,7 +30,8 @@ struct PresenceHeartbeatService: Service {
                 try await Task.sleep(for: period)
                 // Members swept meanwhile (after a Redis outage longer than the TTL) are entered
                 // again by the store, with an enter event.
-                let members = runtime.registry.all.flatMap(\.presenceMemberships)
+                var members: [(channel: ChannelName, member: PresenceMember)] = []
+                for session in runtime.registry.withPresence { members += await session.presenceMemberships }
                 if !members.isEmpty { _ = try? await runtime.engine.presence.refresh(members) }
             }
         }
@@ -48,7 +49,7 @@ struct KeyRecheckService: Service {
         try? await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 try await Task.sleep(for: Self.period)
-                let keyIDs = Set(runtime.registry.all.compactMap { $0.claims?.keyID }).subtracting([APIKeyMaterial.bootstrapKeyID])
+                let keyIDs = runtime.registry.keyIDs.subtracting([APIKeyMaterial.bootstrapKeyID])
                 for keyID in keyIDs {
                     // Unreachable: checked again next round; a key record that is gone counts as revoked.
                     let record: APIKeyRecord?
@@ -69,7 +70,7 @@ struct DrainService: Service {
     func run() async throws {
         try? await gracefulShutdown()
         runtime.draining.store(true, ordering: .relaxed)
-        for session in runtime.registry.all { session.closer.close(code: 1012, reason: "node draining") }
+        for session in runtime.registry.all { session.close(code: 1012, reason: "node draining") }
         let deadline = ContinuousClock.now + .seconds(max(1, runtime.configuration.timing.shutdownTimeoutSeconds - 2))
         while runtime.registry.count > 0, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))

@@ -39,7 +39,7 @@ struct ChannelOperations: Sendable {
 
     /// Validates, authorises and publishes one message. `rateLimit` returns the milliseconds to
     /// wait when the caller's budget is spent (per key for REST, per connection for WebSocket).
-    func publish(_ input: PublishInput, caller: Caller, rateLimit: () -> Int?) async throws(RealtimeError) -> (PublishOutcome, ChannelName) {
+    func publish(_ input: PublishInput, caller: Caller, rateLimit: @Sendable () async -> Int?) async throws(RealtimeError) -> (PublishOutcome, ChannelName) {
         let channel = try channel(input.channel)
         guard let event = input.event else { throw .badRequest("missing field 'event'") }
         guard let data = input.data else { throw .badRequest("missing field 'data' (null is a value; send \"data\": null for none)") }
@@ -49,7 +49,7 @@ struct ChannelOperations: Sendable {
         let text = data.jsonText
         try runtime.checkMessageSize(event: event, data: text)
         try await authorize(.publish, readOnly: false, channel, caller)
-        if let wait = rateLimit() {
+        if let wait = await rateLimit() {
             runtime.metrics.rateLimited.increment()
             throw .rateLimited(retryAfterMilliseconds: wait)
         }

@@ -2,7 +2,8 @@
 /// must do, and the handler does only that (in the manner of swift-websocket's
 /// `WebSocketStateMachine`). No I/O, no clock: tested exhaustively on its own.
 ///
-/// It decides the heartbeat (ping, or close `1001` after a missed pong), the close handshake
+/// It decides the token's lifetime (the authentication deadline, `token_expiring`, closing
+/// `4001` at expiry, a refreshed expiry), the heartbeat (ping, or close `1001` after a missed pong), the close handshake
 /// (one close per connection, whoever asks first: flush or drop what is queued, then the close
 /// frame, then the socket), EOF, when the session may clean up (after the op in flight), when
 /// the connection may leave the registry (cleaned up and the socket closed), and when reads are
@@ -24,7 +25,18 @@ struct ConnectionStateMachine {
         var dropQueued: Bool
     }
 
+    /// A frame the machine decides to send the client.
+    enum Notice: Equatable {
+        /// No token within the authentication deadline (`40100`, then close `4001`).
+        case authTimeout
+        /// The token expired (`40140`, then close `4001`).
+        case tokenExpired
+        /// `token_expiring`, with the expiry in milliseconds since the epoch.
+        case tokenExpiring(expiresAtMilliseconds: Int64)
+    }
+
     enum Action: Equatable {
+        case send(Notice)
         case sendPing
         /// Stop the heartbeat and expiry timers, drop queued ops, finish the writer (flush or
         /// drop), then write the close frame; arm `unansweredCloseTimeout` meanwhile.
@@ -34,6 +46,7 @@ struct ConnectionStateMachine {
         /// Our close frame went out and the peer is expected to answer: close the socket if it
         /// has not within `closeAnswerTimeout`.
         case awaitCloseAnswer
+        /// The ops task must stop taking ops and clean up (leave channels and presence).
         case startCleanup
         /// Cleaned up and the socket is closed: leave the node's registry.
         case finish
@@ -47,6 +60,10 @@ struct ConnectionStateMachine {
     private(set) var withoutHandshake = false
     private(set) var socketClosed = false
     private(set) var awaitingPong = false
+    /// The token's expiry in seconds since the epoch; nil before authentication.
+    private(set) var expiresAt: Int64?
+    /// The expiry `token_expiring` was sent for.
+    private var warnedFor: Int64?
     /// An op is being handled (the session's work must finish before it cleans up).
     private(set) var processing = false
     private var cleanupStarted = false
@@ -56,6 +73,35 @@ struct ConnectionStateMachine {
     private(set) var heldRead = false
 
     var isClosing: Bool { phase != .open }
+
+    // MARK: Token lifetime
+
+    /// A token was verified (at connect or refresh).
+    mutating func tokenAccepted(expiresAt: Int64) {
+        self.expiresAt = expiresAt
+    }
+
+    /// Looks at the token's lifetime at `now` (milliseconds since the epoch): before
+    /// authentication the deadline `authDeadline`, after it the token's expiry, with a
+    /// `token_expiring` notice `warning` milliseconds before. Returns what to do and when to
+    /// look next (nil: no more looks, the connection is closing).
+    mutating func lifetimeCheck(now: Int64, authDeadline: Int64, warning: Int64) -> (actions: [Action], next: Int64?) {
+        guard phase == .open, !socketClosed else { return ([], nil) }
+        guard let expiresAt else {
+            guard now >= authDeadline else { return ([], authDeadline) }
+            return ([.send(.authTimeout)] + requestClose(Close(code: 4001, reason: "authentication timeout", dropQueued: false)), nil)
+        }
+        // Claims are at most 253402300799 s (year 9999): no overflow.
+        let expiry = expiresAt * 1000
+        if now >= expiry {
+            return ([.send(.tokenExpired)] + requestClose(Close(code: 4001, reason: "token expired", dropQueued: false)), nil)
+        }
+        if warnedFor != expiresAt, now >= expiry - warning {
+            warnedFor = expiresAt
+            return ([.send(.tokenExpiring(expiresAtMilliseconds: expiry))], expiry)
+        }
+        return ([], warnedFor == expiresAt ? expiry : expiry - warning)
+    }
 
     // MARK: Heartbeat
 
@@ -129,15 +175,13 @@ struct ConnectionStateMachine {
 
     // MARK: Ops and cleanup
 
-    /// An op arrived; returns true when no task is handling ops and one must start.
-    mutating func opArrived() -> Bool {
-        guard !processing else { return false }
+    /// The connection's ops task took an op to handle.
+    mutating func opStarted() {
         processing = true
-        return true
     }
 
-    /// The task finished its ops (none left, or the connection is closing).
-    mutating func opsDone() -> [Action] {
+    /// The ops task finished its op: when closing, it cleans up now.
+    mutating func opFinished() -> [Action] {
         processing = false
         return phase == .open ? [] : startCleanup()
     }

@@ -3,33 +3,33 @@ import NIOCore
 import NIOWebSocket
 import RealtimeCore
 
-/// A WebSocket connection on its event loop, under its ``WebSocketSession``: reads frames
-/// (inflating compressed ones) into whole messages, answers pings, sends heartbeats, runs the
-/// token-expiry timer and the close handshake. Messages go, in order, to a task that exists only
-/// while there are some to handle, so an idle connection holds no task, only this handler,
-/// its session and the channel.
+/// What a connection hands its session's ops task, in arrival order.
+enum ConnectionWork: Sendable {
+    case authenticate(token: String)
+    case message([UInt8])
+    /// A complete binary message: not an op (contract §10), answered with an error in turn.
+    case binary
+
+    var bytes: Int {
+        switch self {
+        case .authenticate(let token): token.utf8.count
+        case .message(let bytes): bytes.count
+        case .binary: 0
+        }
+    }
+}
+
+/// A WebSocket connection on its event loop, carrying out what its ``ConnectionStateMachine``
+/// decides: reads frames (inflating compressed ones) into whole messages for the session's
+/// ops task, answers pings, runs the one timer (heartbeat or token lifetime) and the close
+/// handshake.
 ///
-/// Every method runs on the channel's event loop, except ``process(_:)``, the task's body,
-/// which touches this handler's state only through ``next()`` (a hop to the loop).
+/// Every method runs on the channel's event loop, and so does its ``WebSocketSession`` (an
+/// actor on that loop): the two share the loop, not a lock.
 final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     typealias InboundIn = WebSocketFrame
     typealias OutboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
-
-    private enum Work {
-        case authenticate(token: String)
-        case message([UInt8])
-        /// A complete binary message: not an op (contract §10), answered with an error in turn.
-        case binary
-
-        var bytes: Int {
-            switch self {
-            case .authenticate(let token): token.utf8.count
-            case .message(let bytes): bytes.count
-            case .binary: 0
-            }
-        }
-    }
 
     let session: WebSocketSession
     /// In the registry (false for connections refused at the limit or while draining).
@@ -44,8 +44,10 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     private var assembling: [UInt8] = []
     private var assemblingFragments = false
     private var assemblingCompressed = false
-    private var work = Deque<Work>()
+    private var work = Deque<ConnectionWork>()
     private var workBytes = 0
+    /// The ops task, waiting for the next op.
+    private var waiter: CheckedContinuation<ConnectionWork?, Never>?
 
     // One timer per connection, for whichever is due first: the next heartbeat or the next look
     // at the token's lifetime.
@@ -53,8 +55,6 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     private var timerDeadline: NIODeadline?
     private var nextBeat = NIODeadline.distantFuture
     private var nextExpiryCheck: NIODeadline?
-    /// The token expiry the next expiry check was computed for.
-    private var expiryComputedFor: Int64?
 
     /// The message being assembled came as binary frames.
     private var assemblingBinary = false
@@ -81,15 +81,22 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        let loop = self.loop
-        session.closer.onClose { [weak self] request in
-            guard let connection = self else { return }
-            loop.execute {
-                connection.execute(connection.machine.requestClose(.init(code: request.code, reason: request.reason, dropQueued: request.dropQueued)))
-            }
-        }
+        session.assumeIsolated { $0.connection = self }
+        // The connection's one ops task; it ends after the connection's cleanup.
+        Task { [session] in await session.run(self) }
         // A peer gone during the upgrade never sends channelInactive through this handler.
         if !context.channel.isActive { execute(machine.socketDidClose()) }
+    }
+
+    /// A close asked for by the session, the hub or the node; the first one wins.
+    func requestClose(_ close: ConnectionStateMachine.Close) {
+        execute(machine.requestClose(close))
+    }
+
+    /// The session verified a token: look at its lifetime now.
+    func tokenAccepted(expiresAt: Int64) {
+        machine.tokenAccepted(expiresAt: expiresAt)
+        scheduleExpiry()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -175,7 +182,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     private func messageTooLarge() {
         session.push(WebSocketSession.error(RealtimeError.tooLarge("frame exceeds \(limit) bytes"), ref: nil))
-        session.closer.close(code: 4009, reason: "message too big")
+        requestClose(.init(code: 4009, reason: "message too big", dropQueued: false))
     }
 
     private func failProtocol(_ reason: String) {
@@ -213,7 +220,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
-            session.closer.close(code: 1012, reason: "node draining")
+            requestClose(.init(code: 1012, reason: "node draining", dropQueued: false))
         } else if let event = event as? ChannelEvent, event == .inputClosed {
             // The peer's stream ended without a close frame (the server allows half-closure for
             // HTTP): the connection is gone now (contract §10), not after missed heartbeats.
@@ -231,51 +238,41 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
         closeTimer?.cancel()
         stopTimers()
         execute(machine.socketDidClose())
-        // Marks the session's latch too, so nothing more is queued for it.
-        session.closer.close(code: 1006, reason: "", dropQueued: true)
         context.fireChannelInactive()
     }
 
-    // MARK: The task
+    // MARK: The ops task
 
-    private func enqueue(_ item: Work) {
-        guard machine.opArrived() else {
+    private func enqueue(_ item: ConnectionWork) {
+        guard !machine.isClosing else { return }
+        if let waiter {
+            self.waiter = nil
+            machine.opStarted()
+            waiter.resume(returning: item)
+        } else {
             work.append(item)
             workBytes += item.bytes
+        }
+    }
+
+    /// The session's ops task asks for its next op (its previous one, if any, is done): it
+    /// gets one now, later, or nil once the connection is closing.
+    func awaitWork(_ continuation: CheckedContinuation<ConnectionWork?, Never>) {
+        if machine.processing { execute(machine.opFinished()) }
+        guard !machine.isClosing else { return continuation.resume(returning: nil) }
+        guard let item = work.popFirst() else {
+            waiter = continuation
             return
         }
-        Task { await self.process(item) }
-    }
-
-    /// Handles messages in arrival order, one at a time, until none is left.
-    private func process(_ first: Work) async {
-        var item: Work? = first
-        while let current = item {
-            switch current {
-            case .authenticate(let token):
-                _ = await session.authenticate(token: token, ref: nil, initial: true)
-            case .message(let bytes):
-                await session.handle(bytes)
-            case .binary:
-                session.push(WebSocketSession.error(.badRequest("binary frames are not ops: send each op as a JSON text frame"), ref: nil))
-            }
-            item = await next()
-        }
-    }
-
-    private func next() async -> Work? {
-        try? await loop.submit { self.dequeue() }.get()
-    }
-
-    private func dequeue() -> Work? {
-        if session.claims?.expiresAt != expiryComputedFor { scheduleExpiry() }
-        guard !machine.isClosing, !session.closer.isClosing, let item = work.popFirst() else {
-            execute(machine.opsDone())
-            return nil
-        }
         workBytes -= item.bytes
+        machine.opStarted()
         execute(machine.readsMayResume(paused: readsPaused))
-        return item
+        continuation.resume(returning: item)
+    }
+
+    /// The session left its channels and presence sets.
+    func cleanupDone() {
+        execute(machine.cleanupDone())
     }
 
     // MARK: Timers
@@ -315,11 +312,12 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// Looks at the token's lifetime now (pushing `token_expiring` or closing as due) and sets
     /// the timer for the next look.
     private func scheduleExpiry() {
-        expiryComputedFor = session.claims?.expiresAt
         nextExpiryCheck = nil
-        if !machine.isClosing, let delay = session.checkExpiry(authDeadline: authDeadline) {
-            nextExpiryCheck = .now() + .milliseconds(max(delay, 1))
-        }
+        let now = runtime.clock.nowMilliseconds()
+        let warning = Int64(runtime.configuration.timing.tokenExpiryWarningSeconds) * 1000
+        let (actions, next) = machine.lifetimeCheck(now: now, authDeadline: authDeadline, warning: warning)
+        execute(actions)
+        if let next { nextExpiryCheck = .now() + .milliseconds(max(next - now, 1)) }
         armTimer()
     }
 
@@ -334,6 +332,8 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     private func execute(_ actions: [ConnectionStateMachine.Action]) {
         for action in actions {
             switch action {
+            case .send(let notice):
+                session.push(frame(for: notice))
             case .sendPing:
                 guard let context else { continue }
                 var data = context.channel.allocator.buffer(capacity: 8)
@@ -347,9 +347,9 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
                 closeTimer?.cancel()
                 closeTimer = loop.scheduleTask(in: .seconds(5)) { [weak self] in self?.context?.close(promise: nil) }
             case .startCleanup:
-                Task {
-                    await self.session.cleanup()
-                    self.loop.execute { self.execute(self.machine.cleanupDone()) }
+                if let waiter {
+                    self.waiter = nil
+                    waiter.resume(returning: nil)
                 }
             case .finish:
                 if registered {
@@ -379,6 +379,17 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
             context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { [self] _ in
                 execute(machine.closeFrameWritten())
             }
+        }
+    }
+
+    private func frame(for notice: ConnectionStateMachine.Notice) -> String {
+        switch notice {
+        case .authTimeout:
+            WebSocketSession.error(.noCredentials("no auth frame within \(runtime.configuration.timing.authTimeoutSeconds) s"), ref: nil)
+        case .tokenExpired:
+            WebSocketSession.error(.tokenExpired(), ref: nil)
+        case .tokenExpiring(let expiresAt):
+            WebSocketSession.frame("token_expiring") { $0.key("expires_at"); $0.string(Timestamp.iso8601(milliseconds: expiresAt)) }
         }
     }
 

@@ -24,7 +24,7 @@ struct WebSocketController: Sendable {
         } else if token == nil, !runtime.registry.addUnauthenticated(session, limit: runtime.configuration.limits.maxUnauthenticatedConnections) {
             refusal = (1013, "unauthenticated connection limit (REALTIME_MAX_UNAUTHENTICATED)")
         } else if !runtime.registry.add(session, limit: runtime.configuration.limits.maxConnections) {
-            runtime.registry.authenticated(session)
+            runtime.registry.authenticated(session, keyID: nil)
             refusal = (1013, "connection limit")
         } else {
             refusal = nil
@@ -36,7 +36,7 @@ struct WebSocketController: Sendable {
             try pipeline.addHandler(session.writer, position: .first)
             try pipeline.addHandler(connection)
             if let refusal {
-                session.closer.close(code: refusal.code, reason: refusal.reason)
+                connection.requestClose(.init(code: refusal.code, reason: refusal.reason, dropQueued: false))
             } else {
                 connection.open(token: token)
             }

@@ -18,7 +18,7 @@ extension WebSocketSession {
                 _ = await authenticate(token: token, ref: frame.ref, initial: true)
             } else {
                 push(Self.error(.noCredentials("authenticate first: send {\"op\":\"auth\",\"token\":...}"), ref: frame.ref))
-                closer.close(code: 4001, reason: "not authenticated")
+                close(code: 4001, reason: "not authenticated")
             }
             return
         }
@@ -93,15 +93,10 @@ extension WebSocketSession {
         }
         let settings = try await runtime.settings(channel)
         try runtime.authorize(.subscribe, readOnly: true, on: settings, claims: claims)
-        let limit = runtime.configuration.limits.maxSubscriptionsPerConnection
-        try state.withLock { s throws(RealtimeError) in
-            guard s.subscriptions[channel] == nil else { throw .conflict("already subscribed to '\(channel)'") }
-            guard s.subscriptions.count < limit else { throw .badRequest("subscription limit of \(limit) channels reached") }
-            s.subscriptions[channel] = .pending
-        }
+        try reserveSubscription(channel)
         let subscription: HubSubscription?
         do {
-            subscription = try await runtime.hub.subscribe(channel, sink: self, since: since) { outcome in
+            subscription = try await runtime.hub.subscribe(channel, sink: self, since: since) { [self] outcome in
                 push(Self.reply("subscribed", ref: frame.ref) { w in
                     w.key("channel"); w.string(channel.rawValue)
                     w.key("resumed"); w.raw(outcome.resumed ? "true" : "false")
@@ -109,16 +104,11 @@ extension WebSocketSession {
                 })
             }
         } catch {
-            state.withLock { _ = $0.subscriptions.removeValue(forKey: channel) }
+            dropReservation(channel)
             throw GatewayRuntime.engineError(error)
         }
         guard let subscription else { return }
-        let kept = state.withLock { s -> Bool in
-            guard case .pending = s.subscriptions[channel] else { return false }
-            s.subscriptions[channel] = .live(subscription)
-            return true
-        }
-        guard kept else {
+        guard activateSubscription(subscription) else {
             await runtime.hub.unsubscribe(subscription)
             return
         }
@@ -129,27 +119,13 @@ extension WebSocketSession {
         }
     }
 
-    func unsubscribe(_ channel: ChannelName) async {
-        let slot = state.withLock { $0.subscriptions.removeValue(forKey: channel) }
-        if case .live(let sub) = slot {
-            await runtime.hub.unsubscribe(sub)
-            runtime.metrics.subscriptions.decrement()
-        }
-        try? await leavePresence(channel)
-    }
-
     private func publish(_ frame: ClientFrame, claims: TokenClaims) async throws(RealtimeError) {
-        let rate = runtime.configuration.limits.connectionPublishRate
         let clock = runtime.clock
         let (outcome, _) = try await runtime.operations.publish(
             PublishInput(channel: frame.channel, event: frame.event, data: frame.data, idempotencyKey: frame.idempotencyKey),
             caller: .client(claims)
-        ) {
-            let now = clock.nowMilliseconds()
-            return state.withLock { s -> Int? in
-                if s.publishBucket == nil { s.publishBucket = TokenBucket(rate: rate, now: now) }
-                return s.publishBucket!.take(now: now)
-            }
+        ) { [self] in
+            await takePublishToken(now: clock.nowMilliseconds())
         }
         push(Self.reply("ack", ref: frame.ref) { w in
             w.key("message_id"); w.string(outcome.id.description)
@@ -171,24 +147,18 @@ extension WebSocketSession {
 
     private func enter(_ channel: ChannelName, data: String?, claims: TokenClaims) async throws(RealtimeError) {
         let limit = runtime.configuration.limits.maxPresencePerConnection
-        let full = state.withLock { $0.presence[channel] == nil && $0.presence.count >= limit }
-        guard !full else { throw .badRequest("presence limit of \(limit) channels per connection reached (REALTIME_MAX_PRESENCE_PER_CONNECTION)") }
+        guard isPresent(on: channel) || presenceCount < limit else { throw .badRequest("presence limit of \(limit) channels per connection reached (REALTIME_MAX_PRESENCE_PER_CONNECTION)") }
         let now = runtime.clock.nowMilliseconds()
         let member = PresenceMember(clientID: claims.clientID, userID: claims.userID, connectionID: connectionID, data: data, enteredAt: now, updatedAt: now)
         do { try await runtime.engine.presence.enter(channel, member: member) } catch { throw GatewayRuntime.engineError(error) }
-        state.withLock { $0.presence[channel] = member }
+        recordPresence(channel, member)
     }
 
-    private func leavePresence(_ channel: ChannelName) async throws(RealtimeError) {
-        let wasPresent = state.withLock { $0.presence.removeValue(forKey: channel) != nil }
-        guard wasPresent else { return }
+    func leavePresence(_ channel: ChannelName) async throws(RealtimeError) {
+        guard removePresence(channel) else { return }
         do { try await runtime.engine.presence.leave(channel, connectionID: connectionID) } catch { throw GatewayRuntime.engineError(error) }
     }
 
-    /// This connection's presence memberships, for the node's heartbeat.
-    var presenceMemberships: [(channel: ChannelName, member: PresenceMember)] {
-        state.withLock { s in s.presence.map { (channel: $0.key, member: $0.value) } }
-    }
 }
 
 /// History query parameters shared by REST and WebSocket.

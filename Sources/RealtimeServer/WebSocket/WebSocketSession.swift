@@ -4,18 +4,23 @@ import NIOWebSocket
 import RealtimeCore
 import Synchronization
 
-/// One WebSocket connection: authentication, ops, its subscriptions and presence. Every frame
-/// to the client (replies and fan-out alike) goes through its ``FrameWriter`` on the channel's
-/// event loop, in the order it was sent.
-final class WebSocketSession: SubscriberSink {
-    let connectionID: String
-    let runtime: GatewayRuntime
-    let closer = CloseLatch()
-    let writer: FrameWriter
-    let loop: any EventLoop
-    let state = Mutex(State())
+/// One WebSocket connection's ops: authentication, its subscriptions and presence.
+///
+/// An actor whose executor is the connection's event loop: its state (claims, subscription
+/// table, presence memberships, publish bucket) lives on that loop, beside the connection
+/// handler's, with no lock. Ops run in arrival order in one task per connection (``run(_:)``),
+/// which takes them from its ``WebSocketConnection`` one at a time. Every frame to the client
+/// (replies and fan-out alike) goes through its ``FrameWriter`` on the loop, in the order sent.
+actor WebSocketSession: SubscriberSink {
+    nonisolated let connectionID: String
+    nonisolated let runtime: GatewayRuntime
+    nonisolated let writer: FrameWriter
+    nonisolated let loop: any EventLoop
     /// Counted among the node's unauthenticated connections (see `ConnectionRegistry`).
-    let awaitingAuth = Atomic<Bool>(false)
+    nonisolated let awaitingAuth = Atomic<Bool>(false)
+    private nonisolated let slowNoted = Atomic<Bool>(false)
+
+    nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
 
     enum SubscriptionSlot {
         /// Subscribe in progress; a deletion meanwhile removes the slot.
@@ -23,15 +28,13 @@ final class WebSocketSession: SubscriberSink {
         case live(HubSubscription)
     }
 
-    struct State {
-        var claims: TokenClaims?
-        var subscriptions: [ChannelName: SubscriptionSlot] = [:]
-        /// Presence memberships with the member as last entered, for the heartbeat's refresh.
-        var presence: [ChannelName: PresenceMember] = [:]
-        var publishBucket: TokenBucket?
-        /// Expiry for which `token_expiring` was already sent.
-        var warnedFor: Int64?
-    }
+    /// The transport: closes go to its state machine, the token's expiry to its timer.
+    weak var connection: WebSocketConnection?
+    private(set) var claims: TokenClaims?
+    private var subscriptions: [ChannelName: SubscriptionSlot] = [:]
+    /// Presence memberships with the member as last entered, for the heartbeat's refresh.
+    private var presence: [ChannelName: PresenceMember] = [:]
+    private var publishBucket: TokenBucket?
 
     init(runtime: GatewayRuntime, channel: any Channel) {
         self.connectionID = "conn_" + RandomID.hex(bytes: 12)
@@ -40,13 +43,58 @@ final class WebSocketSession: SubscriberSink {
         self.writer = FrameWriter(budget: runtime.configuration.limits.outboundQueueBytes)
     }
 
-    var claims: TokenClaims? { state.withLock { $0.claims } }
+    /// Runs `body` on the session's loop: at once when called there, else queued to it.
+    nonisolated func onLoop(_ body: @escaping @Sendable (isolated WebSocketSession) -> Void) {
+        if loop.inEventLoop {
+            assumeIsolated(body)
+        } else {
+            loop.execute { self.assumeIsolated(body) }
+        }
+    }
 
-    // MARK: SubscriberSink
+    /// Asks for the connection to close (from any thread); the first request wins.
+    nonisolated func close(code: UInt16, reason: String, dropQueued: Bool = false) {
+        onLoop { $0.connection?.requestClose(.init(code: code, reason: reason, dropQueued: dropQueued)) }
+    }
 
-    var eventLoop: (any EventLoop)? { loop }
+    // MARK: The ops task
 
-    func write(_ frame: WireFrame) -> Bool {
+    /// The connection's one ops task: handles each op its connection hands over, in order,
+    /// until the connection closes, then leaves every channel and presence set. Nothing more
+    /// is fanned out to it after that.
+    func run(_ connection: WebSocketConnection) async {
+        while let work = await withCheckedContinuation({ connection.awaitWork($0) }) {
+            switch work {
+            case .authenticate(let token):
+                _ = await authenticate(token: token, ref: nil, initial: true)
+            case .message(let bytes):
+                await handle(bytes)
+            case .binary:
+                push(Self.error(.badRequest("binary frames are not ops: send each op as a JSON text frame"), ref: nil))
+            }
+        }
+        await cleanup()
+        connection.cleanupDone()
+    }
+
+    private func cleanup() async {
+        let subs = subscriptions.values.compactMap { slot -> HubSubscription? in
+            if case .live(let sub) = slot { return sub }
+            return nil
+        }
+        let present = Array(presence.keys)
+        subscriptions = [:]
+        setPresence([:])
+        for sub in subs { await runtime.hub.unsubscribe(sub) }
+        runtime.metrics.subscriptions.decrement(by: Double(subs.count))
+        for channel in present { _ = try? await runtime.engine.presence.leave(channel, connectionID: connectionID) }
+    }
+
+    // MARK: SubscriberSink (called on the loop, or for closes from anywhere)
+
+    nonisolated var eventLoop: (any EventLoop)? { loop }
+
+    nonisolated func write(_ frame: WireFrame) -> Bool {
         switch writer.write(frame) {
         case .written(let first):
             return first
@@ -60,77 +108,25 @@ final class WebSocketSession: SubscriberSink {
         return false
     }
 
-    func flush() {
+    nonisolated func flush() {
         let frames = writer.flush()
         if frames > 0 { runtime.metrics.delivered.increment(by: Int64(frames)) }
     }
 
-    func slowConsumer() {
-        closer.close(code: 4008, reason: "slow consumer", dropQueued: true)
-        noteSlowConsumerIfNeeded()
-    }
-
-    private let slowNoted = Atomic<Bool>(false)
-    private func noteSlowConsumerIfNeeded() {
+    nonisolated func slowConsumer() {
+        close(code: 4008, reason: "slow consumer", dropQueued: true)
         if !slowNoted.exchange(true, ordering: .relaxed) { runtime.metrics.slowConsumers.increment() }
     }
 
-    func channelEnded(_ channel: ChannelName) {
-        let wasSubscribed = state.withLock { $0.subscriptions.removeValue(forKey: channel) != nil }
-        state.withLock { _ = $0.presence.removeValue(forKey: channel) }
-        if wasSubscribed { push(Self.reply("unsubscribed", ref: nil) { $0.key("channel"); $0.string(channel.rawValue) }) }
-    }
-
-    // MARK: Lifecycle
-
-    /// Leaves every channel and presence set; runs once the connection is closing (its
-    /// ``WebSocketConnection`` starts it after any op in flight), so nothing more is fanned out
-    /// to it.
-    func cleanup() async {
-        let (subs, present) = state.withLock { s -> ([HubSubscription], [ChannelName]) in
-            let subs = s.subscriptions.values.compactMap { slot -> HubSubscription? in
-                if case .live(let sub) = slot { return sub }
-                return nil
-            }
-            let present = Array(s.presence.keys)
-            s.subscriptions = [:]
-            s.presence = [:]
-            return (subs, present)
-        }
-        for sub in subs { await runtime.hub.unsubscribe(sub) }
-        runtime.metrics.subscriptions.decrement(by: Double(subs.count))
-        for channel in present { _ = try? await runtime.engine.presence.leave(channel, connectionID: connectionID) }
-    }
-
-    /// Looks at the token's lifetime: pushes `token_expiring` before expiry, closes with 4001 at
-    /// expiry (or at `authDeadline` when no token arrived). Returns the milliseconds until the
-    /// next look is due, or nil once the connection is closing.
-    func checkExpiry(authDeadline: Int64) -> Int64? {
-        let warning = Int64(runtime.configuration.timing.tokenExpiryWarningSeconds) * 1000
-        while true {
-            let now = runtime.clock.nowMilliseconds()
-            switch state.withLock({ ($0.claims?.expiresAt, $0.warnedFor) }) {
-            case (nil, _):
-                guard now >= authDeadline else { return authDeadline - now }
-                push(Self.error(.noCredentials("no auth frame within \(runtime.configuration.timing.authTimeoutSeconds) s"), ref: nil))
-                closer.close(code: 4001, reason: "authentication timeout")
-                return nil
-            case (let exp?, let warned):
-                let expiresAt = exp * 1000
-                if now >= expiresAt {
-                    push(Self.error(.tokenExpired(), ref: nil))
-                    closer.close(code: 4001, reason: "token expired")
-                    return nil
-                }
-                if warned != exp, now >= expiresAt - warning {
-                    state.withLock { $0.warnedFor = exp }
-                    push(Self.frame("token_expiring") { $0.key("expires_at"); $0.string(Timestamp.iso8601(milliseconds: expiresAt)) })
-                    continue
-                }
-                return (warned == exp ? expiresAt : expiresAt - warning) - now
-            }
+    nonisolated func channelEnded(_ channel: ChannelName) {
+        onLoop { session in
+            let wasSubscribed = session.subscriptions.removeValue(forKey: channel) != nil
+            session.removePresence(channel)
+            if wasSubscribed { session.push(Self.reply("unsubscribed", ref: nil) { $0.key("channel"); $0.string(channel.rawValue) }) }
         }
     }
+
+    // MARK: Authentication
 
     /// Verifies a token (initial connect or `auth` refresh). Failure at connect closes with 4001.
     func authenticate(token: String, ref: JSONValue?, initial: Bool) async -> Bool {
@@ -139,7 +135,7 @@ final class WebSocketSession: SubscriberSink {
             claims = try await runtime.verifyToken(token)
         } catch {
             push(Self.error(error, ref: ref))
-            if initial || self.claims == nil { closer.close(code: 4001, reason: error.code == 40140 ? "token expired" : "token invalid") }
+            if initial || self.claims == nil { close(code: 4001, reason: error.code == 40140 ? "token expired" : "token invalid") }
             return false
         }
         let previous = self.claims
@@ -148,10 +144,8 @@ final class WebSocketSession: SubscriberSink {
             return false
         }
         let expiresAt = Timestamp.iso8601(milliseconds: claims.expiresAt * 1000)
-        // `connected` is queued before the claims are visible to the expiry timer, so it is
-        // always the first frame, ahead of any `token_expiring`.
-        defer { state.withLock { $0.claims = claims } }
-        runtime.registry.authenticated(self)
+        self.claims = claims
+        runtime.registry.authenticated(self, keyID: claims.keyID)
         if previous == nil {
             push(Self.frame("connected") {
                 $0.key("connection_id"); $0.string(connectionID)
@@ -163,15 +157,15 @@ final class WebSocketSession: SubscriberSink {
             })
         } else {
             push(Self.reply("ack", ref: ref) { $0.key("expires_at"); $0.string(expiresAt) })
-            state.withLock { $0.claims = claims }
-            await dropSubscriptionsNoLongerAllowed(claims)
         }
+        // After `connected`, so that is always the first frame, ahead of any `token_expiring`.
+        connection?.tokenAccepted(expiresAt: claims.expiresAt)
+        if previous != nil { await dropSubscriptionsNoLongerAllowed(claims) }
         return true
     }
 
     private func dropSubscriptionsNoLongerAllowed(_ claims: TokenClaims) async {
-        let channels = state.withLock { Array($0.subscriptions.keys) }
-        for channel in channels {
+        for channel in Array(subscriptions.keys) {
             guard let settings = try? await runtime.settings(channel) else { continue }
             if (try? runtime.authorize(.subscribe, readOnly: true, on: settings, claims: claims)) == nil {
                 await unsubscribe(channel)
@@ -180,10 +174,75 @@ final class WebSocketSession: SubscriberSink {
         }
     }
 
+    // MARK: Subscriptions and presence (the table is changed only here)
+
+    /// Reserves a slot for a subscribe in progress.
+    func reserveSubscription(_ channel: ChannelName) throws(RealtimeError) {
+        let limit = runtime.configuration.limits.maxSubscriptionsPerConnection
+        guard subscriptions[channel] == nil else { throw .conflict("already subscribed to '\(channel)'") }
+        guard subscriptions.count < limit else { throw .badRequest("subscription limit of \(limit) channels reached") }
+        subscriptions[channel] = .pending
+    }
+
+    /// Makes a reserved slot live; false when it was dropped meanwhile (channel deleted).
+    func activateSubscription(_ subscription: HubSubscription) -> Bool {
+        guard case .pending = subscriptions[subscription.channel] else { return false }
+        subscriptions[subscription.channel] = .live(subscription)
+        return true
+    }
+
+    func dropReservation(_ channel: ChannelName) {
+        if case .pending = subscriptions[channel] { subscriptions[channel] = nil }
+    }
+
+    func unsubscribe(_ channel: ChannelName) async {
+        if case .live(let sub) = subscriptions.removeValue(forKey: channel) {
+            await runtime.hub.unsubscribe(sub)
+            runtime.metrics.subscriptions.decrement()
+        }
+        try? await leavePresence(channel)
+    }
+
+    func isPresent(on channel: ChannelName) -> Bool { presence[channel] != nil }
+    var presenceCount: Int { presence.count }
+
+    func recordPresence(_ channel: ChannelName, _ member: PresenceMember) {
+        var next = presence
+        next[channel] = member
+        setPresence(next)
+    }
+
+    /// Forgets a membership; true when there was one.
+    @discardableResult
+    func removePresence(_ channel: ChannelName) -> Bool {
+        guard presence[channel] != nil else { return false }
+        var next = presence
+        next[channel] = nil
+        setPresence(next)
+        return true
+    }
+
+    /// Keeps the registry's list of sessions with presence (the heartbeat's work) in step.
+    private func setPresence(_ next: [ChannelName: PresenceMember]) {
+        if next.isEmpty != presence.isEmpty { runtime.registry.presenceChanged(self, present: !next.isEmpty) }
+        presence = next
+    }
+
+    /// This connection's presence memberships, for the node's heartbeat.
+    var presenceMemberships: [(channel: ChannelName, member: PresenceMember)] {
+        presence.map { (channel: $0.key, member: $0.value) }
+    }
+
+    /// Takes one publish from the connection's rate bucket; the wait in ms when empty.
+    func takePublishToken(now: Int64) -> Int? {
+        if publishBucket == nil { publishBucket = TokenBucket(rate: runtime.configuration.limits.connectionPublishRate, now: now) }
+        return publishBucket!.take(now: now)
+    }
+
     // MARK: Frames
 
     /// Sends a reply or notice, in order with every other frame to this client.
-    func push(_ text: String) {
+    nonisolated func push(_ text: String) {
         let frame = WireFrame(text: text)
         if loop.inEventLoop {
             _ = write(frame)
