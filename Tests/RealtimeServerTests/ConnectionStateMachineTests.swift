@@ -52,12 +52,15 @@ import Testing
 
     @Test func anOpInFlightDelaysCleanupUntilItIsDone() {
         var m = M()
-        m.opStarted()
+        let r15 = m.opArrived()
+        #expect(r15)
+        let r16 = m.opArrived()
+        #expect(!r16, "one task at a time")
         let r17 = m.requestClose(bye)
         #expect(r17 == [.beginClose(bye)], "no cleanup under an op in flight")
-        let r18 = m.opFinished()
+        let r18 = m.opsDone()
         #expect(r18 == [.startCleanup])
-        let r19 = m.opFinished()
+        let r19 = m.opsDone()
         #expect(r19.isEmpty, "cleanup starts once")
     }
 
@@ -128,8 +131,8 @@ import Testing
                 case .socketClosed where !socketClosed:
                     socketClosed = true
                     apply(m.socketDidClose())
-                case .opIn where !m.isClosing: m.opStarted()
-                case .opsDone where m.processing: apply(m.opFinished())
+                case .opIn: _ = m.opArrived()
+                case .opsDone where m.processing: apply(m.opsDone())
                 case .lifetime: apply(m.lifetimeCheck(now: Int64.random(in: 0...4_000_000, using: &rng), authDeadline: 2_000_000, warning: 60_000).actions)
                 case .token: m.tokenAccepted(expiresAt: Int64.random(in: 0...4_000, using: &rng))
                 case .cleanupDone where cleanups == 1 && !cleanupRan:
@@ -140,7 +143,7 @@ import Testing
             }
             // Drive to the end as the handler would.
             if !socketClosed { apply(m.socketDidClose()) }
-            if m.processing { apply(m.opFinished()) }
+            if m.processing { apply(m.opsDone()) }
             if !cleanupRan, cleanups == 1 { apply(m.cleanupDone()) }
             #expect(cleanups == 1 && finishes == 1, "cleanups \(cleanups), finishes \(finishes)")
         }

@@ -46,7 +46,7 @@ struct ConnectionStateMachine {
         /// Our close frame went out and the peer is expected to answer: close the socket if it
         /// has not within `closeAnswerTimeout`.
         case awaitCloseAnswer
-        /// The ops task must stop taking ops and clean up (leave channels and presence).
+        /// Leave every channel and presence set (no op is in flight).
         case startCleanup
         /// Cleaned up and the socket is closed: leave the node's registry.
         case finish
@@ -175,13 +175,16 @@ struct ConnectionStateMachine {
 
     // MARK: Ops and cleanup
 
-    /// The connection's ops task took an op to handle.
-    mutating func opStarted() {
+    /// An op arrived; returns true when no task is handling ops and one must start.
+    mutating func opArrived() -> Bool {
+        guard !processing else { return false }
         processing = true
+        return true
     }
 
-    /// The ops task finished its op: when closing, it cleans up now.
-    mutating func opFinished() -> [Action] {
+    /// The ops task found no op left (or the connection closing) and ends; when closing, the
+    /// cleanup starts now.
+    mutating func opsDone() -> [Action] {
         processing = false
         return phase == .open ? [] : startCleanup()
     }

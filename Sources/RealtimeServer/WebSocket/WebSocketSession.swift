@@ -8,8 +8,9 @@ import Synchronization
 ///
 /// An actor whose executor is the connection's event loop: its state (claims, subscription
 /// table, presence memberships, publish bucket) lives on that loop, beside the connection
-/// handler's, with no lock. Ops run in arrival order in one task per connection (``run(_:)``),
-/// which takes them from its ``WebSocketConnection`` one at a time. Every frame to the client
+/// handler's, with no lock. Ops run in arrival order in the session's ops task (``run(_:)``),
+/// which takes them from its ``WebSocketConnection`` one at a time and exists only while ops
+/// wait. Every frame to the client
 /// (replies and fan-out alike) goes through its ``FrameWriter`` on the loop, in the order sent.
 actor WebSocketSession: SubscriberSink {
     nonisolated let connectionID: String
@@ -59,11 +60,10 @@ actor WebSocketSession: SubscriberSink {
 
     // MARK: The ops task
 
-    /// The connection's one ops task: handles each op its connection hands over, in order,
-    /// until the connection closes, then leaves every channel and presence set. Nothing more
-    /// is fanned out to it after that.
+    /// The ops task: handles each op its connection hands over, in order, until none is left
+    /// (or the connection closes).
     func run(_ connection: WebSocketConnection) async {
-        while let work = await withCheckedContinuation({ connection.awaitWork($0) }) {
+        while let work = connection.nextWork() {
             switch work {
             case .authenticate(let token):
                 _ = await authenticate(token: token, ref: nil, initial: true)
@@ -73,11 +73,11 @@ actor WebSocketSession: SubscriberSink {
                 push(Self.error(.badRequest("binary frames are not ops: send each op as a JSON text frame"), ref: nil))
             }
         }
-        await cleanup()
-        connection.cleanupDone()
     }
 
-    private func cleanup() async {
+    /// Leaves every channel and presence set, once the connection is closing and no op is in
+    /// flight; nothing more is fanned out to it after that.
+    func cleanup() async {
         let subs = subscriptions.values.compactMap { slot -> HubSubscription? in
             if case .live(let sub) = slot { return sub }
             return nil
