@@ -133,6 +133,26 @@ import Testing
         }
     }
 
+    /// On a kept-alive connection the head clock starts at the next request's first byte: a
+    /// connection that sends nothing after its answer is left open (the idle timeout bounds it),
+    /// and one that trickles its second head is cut like a first one.
+    @Test func aKeptAliveConnectionsNextHeadIsBoundToo() async throws {
+        try await TestNode.with({ $0.timing.httpHeadReadTimeoutSeconds = 1 }) { node in
+            let peer = try await RawPeer.connect(port: node.port, path: nil)
+            let request = Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+            try await peer.sendRaw(request)
+            try await node.eventually("the first answer") { peer.answers == 1 }
+            // Silent for three head timeouts: a timer that started at the answer would have cut it.
+            try await Task.sleep(for: .seconds(3))
+            #expect(!peer.isClosed)
+            try await peer.sendRaw(request)
+            try await node.eventually("the second answer") { peer.answers == 2 }
+            try await peer.sendRaw(Array(request.prefix(20)))  // the third head never finishes
+            try await node.eventually("the trickled head to be cut", timeout: .seconds(30)) { peer.isClosed }
+            #expect(peer.answers == 2)
+        }
+    }
+
     /// A client that never reads asks for large history replies over and over: the node stops
     /// reading its ops once its socket backs up, and closes it at its outbound budget, so the
     /// node's memory grows by about the budget, not by what was asked for (60 x 10 MB).

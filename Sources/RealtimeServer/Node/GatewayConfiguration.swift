@@ -188,7 +188,7 @@ extension GatewayConfiguration {
         int("REALTIME_OUTBOUND_QUEUE_FRAMES", "frames queued per connection before 4008 (default 4096)", min: 1, \.limits.outboundQueueFrames),
         int("REALTIME_MAX_CONNECTIONS", "WebSocket connections per node (default 10000)", min: 1, \.limits.maxConnections),
         int("REALTIME_MAX_SUBSCRIPTIONS", "channels per connection (default 1000)", min: 1, \.limits.maxSubscriptionsPerConnection),
-        int("REALTIME_HTTP_HEAD_TIMEOUT_SECONDS", "first request head must arrive within (default 10)", min: 1, \.timing.httpHeadReadTimeoutSeconds),
+        int("REALTIME_HTTP_HEAD_TIMEOUT_SECONDS", "a request head must arrive within this of its first byte, or of the connection opening (default 10)", min: 1, \.timing.httpHeadReadTimeoutSeconds),
         int("REALTIME_HTTP_IDLE_TIMEOUT_SECONDS", "idle keep-alive connections closed after (default 60)", min: 1, \.timing.httpIdleTimeoutSeconds),
         int("REALTIME_OUTBOUND_QUEUE_BYTES", "outbound budget per connection in bytes (default 4194304)", min: 65_536, \.limits.outboundQueueBytes),
         int("REALTIME_MAX_UNAUTHENTICATED", "WebSocket connections waiting for their auth frame (default 1000)", min: 1, \.limits.maxUnauthenticatedConnections),

@@ -29,7 +29,9 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
 
     let responder: HTTPChannelHandler.Responder
     let webSocket: WebSocketController
-    /// The first request head must arrive within this; kept-alive connections idle longer are closed.
+    /// Every request head must arrive within this once its first byte did (the first request's
+    /// within this of the connection opening); kept-alive connections idle longer than
+    /// `idleTimeout` are closed.
     let headReadTimeout: TimeAmount
     let idleTimeout: Duration
     /// The largest frame the decoder accepts; larger ones are refused with 1009.
@@ -85,8 +87,9 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                 notUpgradingCompletionHandler: { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
-                        sync.removeHandler(headTimeout).whenComplete { _ in }
+                        headTimeout.firstHeadRead()
                         try sync.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try sync.addHandler(HeadReadTimeout.Observer(headTimeout))
                         try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
                             wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))

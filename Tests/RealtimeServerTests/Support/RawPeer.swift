@@ -44,6 +44,12 @@ struct RawPeer {
 
     var isClosed: Bool { received.closed.load(ordering: .relaxed) }
 
+    /// HTTP responses received so far on a plain connection (status lines counted).
+    var answers: Int {
+        let text = String(decoding: received.bytes.withLock { $0 }, as: UTF8.self)
+        return text.components(separatedBy: "HTTP/1.1 ").count - 1
+    }
+
     /// Sends text frames in one write, so they reach the server together.
     func sendTexts(_ texts: [String]) async throws {
         var frames = ByteBuffer()
