@@ -202,3 +202,23 @@ let package = Package(
         ),
     ]
 )
+
+// The libFuzzer targets (fuzz/run.sh): only with REALTIME_FUZZ set, built with the sanitizers
+// and testing enabled into a build folder of their own.
+if Context.environment["REALTIME_FUZZ"] != nil {
+    package.targets.append(.target(name: "CFuzzEntry", path: "fuzz/Sources/CFuzzEntry"))
+    package.targets.append(
+        .executableTarget(
+            name: "realtime-fuzz",
+            dependencies: [
+                "RealtimeServer", "RealtimeCore", "CFuzzEntry",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ],
+            path: "fuzz/Sources/realtime-fuzz",
+            swiftSettings: swiftSettings + [.unsafeFlags(["-parse-as-library"])]
+        ))
+    package.products.append(.executable(name: "realtime-fuzz", targets: ["realtime-fuzz"]))
+}

@@ -1,25 +1,53 @@
 #!/usr/bin/env bash
-# Builds each libFuzzer target and runs it for a bounded time on its committed seed corpus
-# (fuzz/corpus/<target>); new inputs it finds go to a scratch corpus under .build/, crashes
-# to .build/fuzz/<target>/. Exits non-zero on a crash.
+# Builds the libFuzzer targets and runs each for a bounded time on its committed seed corpus
+# (fuzz/corpus/<target>) and its kept crash inputs (fuzz/regressions/<target>); new inputs it
+# finds go to a scratch corpus under .build/fuzz/<target>/, crashes to .build/fuzz/<target>/crashes/.
+# Exits non-zero on a crash.
 #
 #   bash fuzz/run.sh [seconds per target, default 30]
+#   FUZZ_TARGETS="frame token" bash fuzz/run.sh 600
+#
+# Targets: json (the strict JSON parser, built from its own sources with swiftc), and frame,
+# rest, deflate, token (the node's input paths: one SwiftPM product, realtime-fuzz, built in
+# .build-fuzz with the sanitizers; fuzz/Sources/realtime-fuzz/Targets.swift says what each checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
+targets=${FUZZ_TARGETS:-"json frame rest deflate token"}
 out=.build/fuzz
 mkdir -p "$out"
-declare -A sources=(
-  [json]="fuzz/JSONFuzz.swift Sources/RealtimeCore/Wire/JSONParser.swift Sources/RealtimeCore/Wire/JSONValue.swift Sources/RealtimeCore/Domain/RealtimeError.swift"
-)
-for target in "${!sources[@]}"; do
+
+build_json() {
+  mkdir -p "$out/json"
+  swiftc -O -sanitize=fuzzer,address -parse-as-library fuzz/JSONFuzz.swift \
+    Sources/RealtimeCore/Wire/JSONParser.swift Sources/RealtimeCore/Wire/JSONValue.swift \
+    Sources/RealtimeCore/Domain/RealtimeError.swift -o "$out/json/fuzzer"
+}
+
+package_fuzzer=""
+build_package() {
+  [ -n "$package_fuzzer" ] && return
+  REALTIME_FUZZ=1 swift build -c release --build-path .build-fuzz --product realtime-fuzz \
+    -Xswiftc -sanitize=fuzzer,address -Xswiftc -enable-testing >/dev/null
+  package_fuzzer="$(REALTIME_FUZZ=1 swift build -c release --build-path .build-fuzz --show-bin-path)/realtime-fuzz"
+}
+
+for target in $targets; do
+  if [ "$target" = json ]; then
+    build_json
+    fuzzer="$out/json/fuzzer"
+  else
+    build_package
+    fuzzer="$package_fuzzer"
+  fi
   rm -rf "$out/$target/crashes"
   mkdir -p "$out/$target/corpus" "$out/$target/crashes"
-  # shellcheck disable=SC2086
-  swiftc -O -sanitize=fuzzer,address -parse-as-library ${sources[$target]} -o "$out/$target/fuzzer"
+  dirs=("$out/$target/corpus" "fuzz/corpus/$target")
+  [ -d "fuzz/regressions/$target" ] && dirs+=("fuzz/regressions/$target")
   echo "fuzz: $target for ${seconds}s"
-  SWIFT_BACKTRACE=enable=no "$out/$target/fuzzer" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="$out/$target/crashes/" "$out/$target/corpus" "fuzz/corpus/$target" fuzz/regressions/$target 2>&1 | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|INFO: Loaded|==[0-9]+==ERROR|SUMMARY)" || true
+  REALTIME_FUZZ_TARGET=$target SWIFT_BACKTRACE=enable=no "$fuzzer" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+    -print_final_stats=1 -artifact_prefix="$out/$target/crashes/" "${dirs[@]}" 2>&1 |
+    grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|INFO: Loaded|==[0-9]+==ERROR|SUMMARY)|Fatal error|precondition" || true
   if ls "$out/$target/crashes/"* >/dev/null 2>&1; then
     echo "fuzz: $target found a crash: $(ls "$out/$target/crashes/")" >&2
     exit 1

@@ -124,5 +124,44 @@ import Testing
             == "permessage-deflate; client_no_context_takeover")
         #expect(PerMessageDeflate.negotiate(["permessage-deflate; server_max_window_bits=20"]) == nil)
         #expect(PerMessageDeflate.negotiate(["permessage-deflate; server_no_context_takeover; server_no_context_takeover"]) == nil)
+        // Malformed offers (found by the deflate fuzz target: an empty parameter trapped) are declined.
+        #expect(PerMessageDeflate.negotiate(["permessage-deflate; ;"]) == nil)
+        #expect(PerMessageDeflate.negotiate(["permessage-deflate;  ; client_no_context_takeover"]) == nil)
+        #expect(PerMessageDeflate.negotiate(["permessage-deflate; =15"]) == nil)
+    }
+
+    /// A message inflates to at most its budget: exactly the budget is accepted, one byte more
+    /// is refused (the deflate fuzz target found one byte past the budget let through). The
+    /// payload is one stored deflate block, so its inflated size is exact.
+    @Test func inflationStopsAtTheBudgetToTheByte() throws {
+        func stored(_ count: Int) -> ByteBuffer {
+            let length = UInt16(count)
+            var block = ByteBuffer(bytes: [0x00, UInt8(length & 0xFF), UInt8(length >> 8), UInt8(~length & 0xFF), UInt8(~length >> 8)])
+            block.writeBytes(Array(repeating: UInt8(ascii: "x"), count: count))
+            return block
+        }
+        let exact = try PerMessageDeflate.Inflater().inflate(stored(4096), final: true, budget: 4096)
+        #expect(exact.readableBytes == 4096)
+        #expect(throws: PerMessageDeflate.Inflater.Failure.tooLarge) {
+            try PerMessageDeflate.Inflater().inflate(stored(4097), final: true, budget: 4096)
+        }
+        #expect(throws: PerMessageDeflate.Inflater.Failure.tooLarge) {
+            try PerMessageDeflate.Inflater().inflate(stored(20_000), final: true, budget: 4096)
+        }
+    }
+
+    /// A handshake whose extension offer is malformed gets an uncompressed connection, and the
+    /// node goes on serving.
+    @Test func aMalformedExtensionOfferIsDeclinedNotFatal() async throws {
+        try await TestNode.with { node in
+            let peer = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws", extensions: "permessage-deflate; ;")
+            let received = { String(decoding: peer.received.bytes.withLock { $0 }, as: UTF8.self) }
+            try await node.eventually("the upgrade answer") { received().contains("\r\n\r\n") }
+            let head = received()
+            #expect(head.hasPrefix("HTTP/1.1 101"))
+            #expect(!head.lowercased().contains("sec-websocket-extensions"))
+            try await peer.close()
+            #expect(try await node.rest(.GET, "/healthz", key: "").status == 200)
+        }
     }
 }

@@ -22,7 +22,8 @@ enum PerMessageDeflate {
             var acceptable = true
             for parameter in parts {
                 let pair = parameter.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-                let key = pair[0]
+                // An empty parameter (`permessage-deflate; ;`) is malformed: the offer is refused.
+                guard let key = pair.first, !key.isEmpty else { acceptable = false; break }
                 let value = pair.count > 1 ? pair[1].trimmingCharacters(in: CharacterSet(charactersIn: "\"")) : nil
                 guard seen.insert(key).inserted else { acceptable = false; break }
                 switch key {
@@ -62,7 +63,12 @@ enum PerMessageDeflate {
             // The sender removed the empty stored block's tail (RFC 7692 section 7.2.1).
             if final { input.writeBytes([0, 0, 0xFF, 0xFF]) }
             do {
-                return try input.decompressStream(with: decompressor, maxSize: budget + 1)
+                // Room for one byte past the budget, so a message of exactly `budget` bytes
+                // fits; one that fills that byte too is over (found by the deflate fuzz target:
+                // the library may return all `maxSize` bytes without an overflow error).
+                let output = try input.decompressStream(with: decompressor, maxSize: budget + 1)
+                guard output.readableBytes <= budget else { throw CompressNIOError.bufferOverflow }
+                return output
             } catch let error as CompressNIOError where error == .bufferOverflow {
                 throw .tooLarge
             } catch {
