@@ -1,4 +1,5 @@
 @testable import RealtimeServer
+import NIOCore
 import RealtimeCore
 import Testing
 
