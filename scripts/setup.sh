@@ -9,7 +9,8 @@ pkgs=(libhiredis-dev redis-server redis-tools pkg-config nginx docker-compose cu
 for group in ${SETUP_GROUPS:-}; do
   case $group in
     bench) pkgs+=(libnginx-mod-nchan python3) ;;
-    clients) pkgs+=(chromium python3 python3-venv) ;;
+    # Node (18+, Debian's nodejs) runs the Node client's tests; a node already on PATH will do.
+    clients) pkgs+=(chromium python3 python3-venv); command -v node >/dev/null 2>&1 || pkgs+=(nodejs) ;;
     *) echo "setup: unknown group $group" >&2; exit 2 ;;
   esac
 done

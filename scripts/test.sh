@@ -2,7 +2,8 @@
 # Installs what is missing and runs the whole test suite: unit tests, the engine conformance
 # suite against both engines, integration tests against real gateway nodes over real sockets,
 # the fault-injection suite, the libFuzzer targets for a bounded time,
-# then the Python client's tests and the browser client and console in headless Chromium
+# then the Node client's tests, the Python client's tests (sync and asyncio) and the browser
+# client and console in headless Chromium
 # (pytest against a live node).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,5 +42,7 @@ bash fuzz/run.sh "${FUZZ_SECONDS:-30}"
 venv=.build/venv-clients
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check pytest ./clients/python
+# The Node server client's tests (node --test) against a live node of their own.
+(cd clients/js && REALTIME_GATEWAY_BIN="$(cd ../.. && swift build --show-bin-path)/realtime-gateway" node --test test/client.test.js)
 REALTIME_REQUIRE_BROWSER=1 REALTIME_GATEWAY_BIN="$(swift build --show-bin-path)/realtime-gateway" \
   "$venv/bin/python" -m pytest -q -p no:cacheprovider clients/python/tests

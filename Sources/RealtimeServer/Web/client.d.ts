@@ -92,6 +92,11 @@ export interface ChannelOptions extends ClientOptions {
   sinceId?: string;
 }
 
+/** The one-argument form: `new RealtimeChannel({ channel: "orders:eu", token })`. */
+export interface StandaloneChannelOptions extends ChannelOptions {
+  channel: string;
+}
+
 export class RealtimeChannel extends Emitter<{
   message: Message;
   presence: PresenceEvent;
@@ -99,6 +104,7 @@ export class RealtimeChannel extends Emitter<{
   resumed: { resumed: false; since_id: string };
   error: RealtimeError;
 }> {
+  constructor(options: StandaloneChannelOptions);
   constructor(name: string, options: ChannelOptions);
   readonly name: string;
   readonly client: RealtimeClient;

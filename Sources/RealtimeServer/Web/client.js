@@ -264,11 +264,19 @@ export class RealtimeClient extends Emitter {
  * One channel. Events: "message" (each message), "presence" (enter/update/leave events),
  * "state" ({state: "subscribing"|"subscribed"|"unsubscribed", resumed?}), "resumed"
  * ({resumed: false} when messages were missed beyond history on a reconnect).
- * Standalone use opens a private connection: new RealtimeChannel("news", { getToken }).
+ * Standalone use opens a private connection, in either form:
+ *   new RealtimeChannel({ channel: "orders:eu", token })      // or getToken, url, sinceId
+ *   new RealtimeChannel("orders:eu", { getToken })
+ * Each "message" event carries id, channel, event, data, client_id and timestamp.
  */
 export class RealtimeChannel extends Emitter {
   constructor(name, options = {}) {
     super();
+    if (name !== null && typeof name === "object") {
+      options = name;
+      name = options.channel;
+    }
+    if (typeof name !== "string" || name === "") throw new TypeError("RealtimeChannel needs a channel name");
     this.name = name;
     this._own = !options.client;
     this.client = options.client ?? new RealtimeClient(options);

@@ -31,8 +31,8 @@ class Realtime:
         self.api_key = api_key if api_key is not None else os.environ.get("REALTIME_API_KEY")
         self.timeout = timeout
         self.retries = max(1, retries)
-        self.token = _Tokens(self)
-        self.channel = _Channels(self)
+        self.token = self.tokens = _Tokens(self)
+        self.channel = self.channels = _Channels(self)
         self.presence = _Presence(self)
         self.keys = _Keys(self)
 
@@ -122,6 +122,8 @@ class _Tokens:
         body = _drop_none(user_id=user_id, client_id=client_id, channels=channels,
                           capabilities=capabilities, ttl_seconds=ttl_seconds)
         return self._c.request("POST", "/v1/realtime/token", body)
+
+    mint = issue
 
 
 class _Channels:

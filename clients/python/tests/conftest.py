@@ -149,3 +149,73 @@ class WebSocket:
 
     def close(self):
         self.sock.close()
+
+
+class LosingProxy:
+    """A TCP proxy in front of a node that loses the reply of the first HTTP request carrying
+    `marker` in its body: the request reaches the node, then the client's connection is closed
+    before any byte of the answer comes back (a reply lost on the way). Everything else passes."""
+
+    def __init__(self, target_url, marker):
+        import threading
+        host, port = target_url.split("//", 1)[1].split(":")
+        self.target = (host, int(port))
+        self.marker = marker.encode()
+        self.lost = 0
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        import threading
+        upstream = socket.create_connection(self.target)
+        losing = threading.Event()
+
+        def forward_requests():
+            try:
+                while True:
+                    data = client.recv(65536)
+                    if not data:
+                        break
+                    with self.lock:
+                        if self.lost == 0 and self.marker in data:
+                            self.lost = 1
+                            losing.set()
+                    upstream.sendall(data)
+            except OSError:
+                pass
+            finally:
+                try:
+                    upstream.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+        threading.Thread(target=forward_requests, daemon=True).start()
+        try:
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    break
+                if losing.is_set():
+                    break  # the node answered; the client never hears it
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self):
+        self.listener.close()

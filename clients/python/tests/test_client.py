@@ -146,3 +146,17 @@ def test_a_publish_whose_reply_is_lost_is_retried_with_the_clients_own_key_and_a
     except RealtimeError as e:
         assert e.code == 40010
     assert len(calls) == 1
+
+
+def test_a_publish_whose_connection_closes_before_the_reply_is_applied_once(gateway):
+    """The request reaches the node, then the connection closes before the answer: the client
+    retries with its own key and the message exists once."""
+    from conftest import LosingProxy
+    name = unique("py-lost")
+    proxy = LosingProxy(gateway, marker=name)
+    try:
+        sent = Realtime(url=proxy.url, api_key=KEY).publish(name, "e", {"n": 1})
+        assert proxy.lost == 1 and sent["status"] == "duplicate"
+        assert [m["id"] for m in Realtime(url=gateway, api_key=KEY).history(name)["messages"]] == [sent["message_id"]]
+    finally:
+        proxy.close()

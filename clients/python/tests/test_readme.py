@@ -59,3 +59,43 @@ def test_browser_example_runs_in_chromium(gateway):
     finally:
         watcher.close()
         page.close()
+
+
+def test_standalone_channel_example_runs_in_chromium(gateway):
+    """The Voyant-style form: new RealtimeChannel({ channel, token }) with on("message")."""
+    import json
+    import pytest
+    from test_browser import CHROMIUM, Page
+    from realtime_client import Realtime
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed")
+    blocks = readme_blocks("js", "## Browser client")
+    assert len(blocks) >= 2, "README has the standalone channel example"
+    rest = Realtime(url=gateway, api_key=KEY)
+    token = rest.token.issue(client_id="picker", capabilities={"orders:*": ["*"]})
+    page = Page(gateway + "/healthz")
+    try:
+        page.wait_for("location.origin.startsWith('http') && document.readyState === 'complete'")
+        code = blocks[1].replace('import { RealtimeChannel } from "/v1/realtime/client.js";',
+                                 'const { RealtimeChannel } = await import(location.origin + "/v1/realtime/client.js");')
+        code = code.replace('(await fetch("/api/realtime-token")).json()', json.dumps(token))
+        page.evaluate("(async () => { window.log = []; const console = { log: (...a) => window.log.push(a) };\n"
+                      + code + "\n window.example = channel; channel.on('message', (m) => window.log.push(['raw', m])); })()")
+        page.wait_for("window.example.state === 'subscribed'")
+        # The example's own publish arrived once; one from the backend follows.
+        sent = rest.publish("orders:eu", "order.created", {"id": "o-2"})
+        page.wait_for("window.log.some(a => a[0] === 'raw' && a[1].event === 'order.created')")
+        raw = page.evaluate("window.log.filter(a => a[0] === 'raw').map(a => a[1])")
+        assert [m["event"] for m in raw][-1] == "order.created"
+        last = raw[-1]
+        assert last["id"] == sent["message_id"] and last["data"] == {"id": "o-2"}
+        assert "timestamp" in last and last["channel"] == "orders:eu"
+        assert page.evaluate("window.log.some(a => a[0] === 'order.created')")
+        members = rest.presence.get("orders:eu")
+        assert [m["client_id"] for m in members] == ["picker"]
+        history = rest.history("orders:eu")["messages"]
+        assert {m["event"] for m in history} == {"order.updated", "order.created"}
+        assert [m.get("client_id") for m in history if m["event"] == "order.updated"] == ["picker"]
+        page.evaluate("window.example.close()")
+    finally:
+        page.close()
