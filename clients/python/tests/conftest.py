@@ -78,6 +78,35 @@ def start_redis():
     pytest.fail("redis-server did not start")
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SECRET = "client-cluster-secret-0123456789abcdefgh"
+
+
+@pytest.fixture
+def redis_cluster():
+    """A real redis-server and two nodes on it, each on a port of its own so either can be
+    restarted in place, as a load balancer's backends are."""
+    redis = start_redis()
+    nodes = {}
+
+    def start(name, port):
+        nodes[name] = {"port": port, "proc": start_gateway(port, REALTIME_REDIS_URL=redis.url, REALTIME_NODE_ID=name,
+                                                          REALTIME_TOKEN_SECRET=SECRET)}
+        return nodes[name]
+
+    start("node-a", free_port())
+    start("node-b", free_port())
+    yield nodes, start
+    for node in nodes.values():
+        stop(node["proc"])
+    stop(redis)
+
+
 @pytest.fixture(scope="session")
 def gateway():
     proc = start_gateway()

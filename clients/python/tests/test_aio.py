@@ -215,3 +215,54 @@ def test_the_token_is_refreshed_through_the_callback_before_it_expires():
         run(scenario())
     finally:
         stop(node)
+
+
+def test_a_subscriber_survives_a_node_restart_without_losing_a_message(redis_cluster):
+    """Two nodes on one Redis. The subscriber knows only node A (one address, as behind a load
+    balancer with one backend); the backend publishes through node B while A stops and starts
+    again. Every message arrives, in order, once, with no gap reported, and the subscriber's
+    presence is back once it has reconnected."""
+    nodes, start = redis_cluster
+    a, b = nodes["node-a"], nodes["node-b"]
+
+    async def scenario():
+        name = unique("restart")
+        gaps = []
+        async with AsyncRealtime(url=f"http://127.0.0.1:{b['port']}", api_key=KEY) as backend:
+            async def get_token():
+                return await backend.token.issue(client_id="sub", capabilities={name: ["*"]})
+
+            async with backend.connect(get_token=get_token, url=f"ws://127.0.0.1:{a['port']}/v1/realtime/ws",
+                                       min_retry=0.2, max_retry=1.0) as conn:
+                channel = conn.channel(name, on_gap=gaps.append)
+                await channel.subscribe()
+                await channel.enter_presence({"role": "viewer"})
+                received = []
+
+                async def consume():
+                    async for msg in channel.messages():
+                        received.append(msg["data"]["seq"])
+
+                consumer = asyncio.ensure_future(consume())
+                total = 60
+                for seq in range(total):
+                    await backend.publish(name, "tick", {"seq": seq})
+                    if seq == 20:
+                        await eventually(lambda: _true(len(received) > 10))
+                        await asyncio.to_thread(stop, a["proc"])
+                    if seq == 40:
+                        await asyncio.to_thread(start, "node-a", a["port"])
+                    await asyncio.sleep(0.02)
+                await eventually(lambda: _true(len(received) >= total), timeout=40)
+                consumer.cancel()
+                assert received == list(range(total))
+                assert gaps == []
+
+                async def present():
+                    return [m["client_id"] for m in await backend.presence.get(name)] == ["sub"]
+                await eventually(present)
+    run(scenario(), timeout=120)
+
+
+async def _true(value):
+    return value

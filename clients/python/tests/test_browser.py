@@ -15,18 +15,12 @@ import urllib.request
 
 import pytest
 
-from conftest import KEY, WebSocket, start_gateway, start_redis, stop
+from conftest import KEY, WebSocket, free_port, start_gateway, start_redis, stop
 from realtime_client import Realtime
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("REALTIME_REQUIRE_BROWSER"),
                                 reason="chromium not installed")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Page:
@@ -145,29 +139,6 @@ def test_the_client_module_and_its_types_are_served(gateway):
     assert "export class RealtimeClient" in body and "export class RealtimeChannel" in body
     types = urllib.request.urlopen(gateway + "/v1/realtime/client.d.ts").read().decode()
     assert "enterPresence(data?: unknown)" in types
-
-
-SECRET = "browser-cluster-secret-0123456789abcdefgh"
-
-
-@pytest.fixture
-def redis_cluster():
-    """A real redis-server and two nodes on it, each on a port of its own so either can be
-    restarted in place, as a load balancer's backends are."""
-    redis = start_redis()
-    nodes = {}
-
-    def start(name, port):
-        nodes[name] = {"port": port, "proc": start_gateway(port, REALTIME_REDIS_URL=redis.url, REALTIME_NODE_ID=name,
-                                                          REALTIME_TOKEN_SECRET=SECRET)}
-        return nodes[name]
-
-    start("node-a", free_port())
-    start("node-b", free_port())
-    yield nodes, start
-    for node in nodes.values():
-        stop(node["proc"])
-    stop(redis)
 
 
 def test_a_page_survives_a_node_restart_without_losing_a_message(redis_cluster):
