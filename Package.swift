@@ -203,8 +203,7 @@ let package = Package(
     ]
 )
 
-// The libFuzzer targets (fuzz/run.sh): only with REALTIME_FUZZ set, built with the sanitizers
-// and testing enabled into a build folder of their own.
+// The libFuzzer targets (fuzz/run.sh): only with REALTIME_FUZZ set.
 if Context.environment["REALTIME_FUZZ"] != nil {
     package.targets.append(.target(name: "CFuzzEntry", path: "fuzz/Sources/CFuzzEntry"))
     package.targets.append(
@@ -218,7 +217,11 @@ if Context.environment["REALTIME_FUZZ"] != nil {
                 .product(name: "NIOWebSocket", package: "swift-nio"),
             ],
             path: "fuzz/Sources/realtime-fuzz",
-            swiftSettings: swiftSettings + [.unsafeFlags(["-parse-as-library"])]
+            // The target itself is always instrumented and linked with libFuzzer, so it can be
+            // built next to the tests in .build (the test command's short runs); fuzz/run.sh's
+            // deep runs instrument every module with -Xswiftc in a build folder of their own.
+            swiftSettings: swiftSettings + [.unsafeFlags(["-parse-as-library", "-sanitize=fuzzer,address"])],
+            linkerSettings: [.unsafeFlags(["-sanitize=fuzzer,address"])]
         ))
     package.products.append(.executable(name: "realtime-fuzz", targets: ["realtime-fuzz"]))
 }

@@ -5,11 +5,19 @@
 # Exits non-zero on a crash.
 #
 #   bash fuzz/run.sh [seconds per target, default 30]
-#   FUZZ_TARGETS="frame token" bash fuzz/run.sh 600
+#   FUZZ_DEEP=1 FUZZ_TARGETS="frame token" bash fuzz/run.sh 600
 #
-# Targets: json (the strict JSON parser, built from its own sources with swiftc), and frame,
-# rest, deflate, token (the node's input paths: one SwiftPM product, realtime-fuzz, built in
-# .build-fuzz with the sanitizers; fuzz/Sources/realtime-fuzz/Targets.swift says what each checks).
+# Targets: json (the strict JSON parser, built from its own sources with swiftc, fully
+# instrumented), and frame, rest, deflate, token (the node's input paths: one SwiftPM product,
+# realtime-fuzz; fuzz/Sources/realtime-fuzz/Targets.swift says what each checks).
+#
+# realtime-fuzz is built one of two ways:
+#   quick (default; the test command): in .build next to the tests, debug, with only the fuzz
+#     target instrumented. A few seconds on top of the test build; it replays the corpus and the
+#     kept regressions through every check and explores a little.
+#   deep (FUZZ_DEEP=1): release in .build-fuzz with every module instrumented (coverage guides
+#     the search through the node's own code). A build of its own, 20 minutes or more on 2 cores:
+#     use it for the long runs recorded in docs/robustness.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
@@ -27,9 +35,14 @@ build_json() {
 package_fuzzer=""
 build_package() {
   [ -n "$package_fuzzer" ] && return
-  REALTIME_FUZZ=1 swift build -c release --build-path .build-fuzz --product realtime-fuzz \
-    -Xswiftc -sanitize=fuzzer,address -Xswiftc -enable-testing >/dev/null
-  package_fuzzer="$(REALTIME_FUZZ=1 swift build -c release --build-path .build-fuzz --show-bin-path)/realtime-fuzz"
+  if [ -n "${FUZZ_DEEP:-}" ]; then
+    REALTIME_FUZZ=1 swift build -c release --build-path .build-fuzz --product realtime-fuzz \
+      -Xswiftc -sanitize=fuzzer,address -Xswiftc -enable-testing >/dev/null
+    package_fuzzer="$(REALTIME_FUZZ=1 swift build -c release --build-path .build-fuzz --show-bin-path)/realtime-fuzz"
+  else
+    REALTIME_FUZZ=1 swift build --product realtime-fuzz >/dev/null
+    package_fuzzer="$(REALTIME_FUZZ=1 swift build --show-bin-path)/realtime-fuzz"
+  fi
 }
 
 for target in $targets; do
@@ -47,7 +60,7 @@ for target in $targets; do
   echo "fuzz: $target for ${seconds}s"
   REALTIME_FUZZ_TARGET=$target SWIFT_BACKTRACE=enable=no "$fuzzer" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$out/$target/crashes/" "${dirs[@]}" 2>&1 |
-    grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|INFO: Loaded|==[0-9]+==ERROR|SUMMARY)|Fatal error|precondition" || true
+    grep -E "^(#[0-9]+[[:space:]]+(INITED|DONE)|stat::number_of_executed_units|stat::peak_rss_mb|INFO: Loaded|==[0-9]+==ERROR|SUMMARY)|Fatal error|precondition" || true
   if ls "$out/$target/crashes/"* >/dev/null 2>&1; then
     echo "fuzz: $target found a crash: $(ls "$out/$target/crashes/")" >&2
     exit 1
