@@ -52,7 +52,7 @@ struct RealtimeGatewayCommand: AsyncParsableCommand {
             group.addTask { try await gateway.run() }
             group.addTask {
                 let port = await gateway.listeningPort()
-                var banner = "realtime-gateway listening on http://\(config.host):\(port) (engine: \(config.redisURL == nil ? "memory" : "redis"), node: \(gateway.configuration.nodeID))\n"
+                var banner = "realtime-gateway listening on \(config.tls == nil ? "http" : "https")://\(config.host):\(port) (engine: \(config.redisURL == nil ? "memory" : "redis"), node: \(gateway.configuration.nodeID))\n"
                 banner += "WebSocket endpoint: ws://\(config.host):\(port)/v1/realtime/ws\n"
                 if config.apiKey == nil {
                     banner += "Bootstrap API key (all scopes, shown once): \(gateway.bootstrapKey)\n"

@@ -17,6 +17,8 @@ public struct Gateway: Sendable {
     public let bootstrapKey: String
     let runtime: GatewayRuntime
     let boundPort = BoundPort()
+    /// The listener's TLS context, when TLS is configured.
+    let tls: TLSContextStore?
 
     /// - Parameters:
     ///   - engine: nil builds the memory engine.
@@ -35,6 +37,8 @@ public struct Gateway: Sendable {
         let key = configuration.apiKey ?? "rk_" + RandomID.base64URL(bytes: 24)
         self.bootstrapKey = key
         self.configuration = configuration
+        // A bad certificate or key stops the node here, naming the setting.
+        self.tls = try configuration.tls.map { settings throws(ConfigurationError) in try TLSContextStore(settings) }
         let engine = engine ?? MemoryEngine(configuration: configuration.engine, clock: clock).engine
         let tokens = await TokenAuthority(secrets: configuration.tokenSecrets, clock: clock)
         self.runtime = GatewayRuntime(
@@ -50,7 +54,7 @@ public struct Gateway: Sendable {
         [
             EngineService(runtime: runtime), application(), PresenceHeartbeatService(runtime: runtime), KeyRecheckService(runtime: runtime),
             DrainService(runtime: runtime),
-        ]
+        ] + (tls.map { [TLSReloadService(store: $0, logger: runtime.logger)] } ?? [])
     }
 
     /// Runs the node until SIGTERM or SIGINT, then shuts down within the configured bound.
@@ -67,6 +71,7 @@ public struct Gateway: Sendable {
         // Request metrics go to swift-metrics (the binary bootstraps it with the same registry).
         router.middlewares.add(MetricsMiddleware())
         router.middlewares.add(ErrorMiddleware())
+        if let tls { router.middlewares.add(TLSMiddleware(requireClientCertificate: tls.settings.clientCAFile != nil)) }
         RESTController(runtime: runtime).register(on: router)
         OperationsController(runtime: runtime).register(on: router)
         let webSocket = WebSocketController(runtime: runtime)
@@ -75,9 +80,10 @@ public struct Gateway: Sendable {
         // Frames this large are refused by the decoder (1009); messages over the configured
         // limit but within it get a 41300 error first.
         let frameLimit = max(4 * configuration.limits.maxInboundFrameBytes, 1 << 20)
+        let tls = self.tls
         let server = HTTPServerBuilder { responder in
             GatewayServerChannel(
-                responder: responder, webSocket: webSocket, maxFrameSize: frameLimit,
+                responder: responder, webSocket: webSocket, maxFrameSize: frameLimit, tls: tls,
                 headReadTimeout: .seconds(Int64(configuration.timing.httpHeadReadTimeoutSeconds)),
                 idleTimeout: .seconds(Int64(configuration.timing.httpIdleTimeoutSeconds)))
         }

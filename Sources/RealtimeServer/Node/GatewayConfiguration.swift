@@ -20,6 +20,25 @@ public struct GatewayConfiguration: Sendable {
     public var limits = Limits()
     public var engine = EngineConfiguration()
     public var timing = Timing()
+    /// TLS on the node's listener (HTTPS and WSS); nil serves plain HTTP.
+    public var tls: TLSSettings?
+
+    /// The listener's certificate, key and optional client CA (PEM files), re-read on SIGHUP.
+    public struct TLSSettings: Sendable, Equatable {
+        public var certificateFile: String
+        public var keyFile: String
+        /// With it, REST requests must present a client certificate it signed (mutual TLS).
+        public var clientCAFile: String?
+        /// "1.2" (default) or "1.3".
+        public var minimumVersion = "1.2"
+
+        public init(certificateFile: String, keyFile: String, clientCAFile: String? = nil, minimumVersion: String = "1.2") {
+            self.certificateFile = certificateFile
+            self.keyFile = keyFile
+            self.clientCAFile = clientCAFile
+            self.minimumVersion = minimumVersion
+        }
+    }
 
     /// Bounds on what clients may send and hold.
     public struct Limits: Sendable {
@@ -74,6 +93,35 @@ public struct GatewayConfiguration: Sendable {
 
     public init() {}
 
+    /// The TLS settings as given, before they are checked together.
+    var tlsDraft = TLSDraft()
+
+    struct TLSDraft: Sendable {
+        var certificateFile: String?
+        var keyFile: String?
+        var clientCAFile: String?
+        var minimumVersion: String?
+
+        func settings() throws(ConfigurationError) -> TLSSettings? {
+            switch (certificateFile, keyFile) {
+            case (nil, nil):
+                if clientCAFile != nil {
+                    throw ConfigurationError(setting: "REALTIME_TLS_CLIENT_CA_FILE", problem: "needs REALTIME_TLS_CERT_FILE and REALTIME_TLS_KEY_FILE")
+                }
+                if minimumVersion != nil {
+                    throw ConfigurationError(setting: "REALTIME_TLS_MIN_VERSION", problem: "needs REALTIME_TLS_CERT_FILE and REALTIME_TLS_KEY_FILE")
+                }
+                return nil
+            case (nil, _?):
+                throw ConfigurationError(setting: "REALTIME_TLS_CERT_FILE", problem: "required with REALTIME_TLS_KEY_FILE")
+            case (_?, nil):
+                throw ConfigurationError(setting: "REALTIME_TLS_KEY_FILE", problem: "required with REALTIME_TLS_CERT_FILE")
+            case (let cert?, let key?):
+                return TLSSettings(certificateFile: cert, keyFile: key, clientCAFile: clientCAFile, minimumVersion: minimumVersion ?? "1.2")
+            }
+        }
+    }
+
     /// The WebSocket URL clients connect to.
     public var webSocketEndpoint: String { webSocketEndpoint(requestHost: nil) }
 
@@ -83,7 +131,8 @@ public struct GatewayConfiguration: Sendable {
         let hostHeader = requestHost.flatMap { h -> String? in
             h.isEmpty || h.contains(where: { $0 == "/" || $0 == " " || $0 == "@" }) ? nil : h
         }
-        var base = publicURL ?? hostHeader.map { "http://\($0)" } ?? "http://\(host):\(port)"
+        let scheme = tls == nil ? "http" : "https"
+        var base = publicURL ?? hostHeader.map { "\(scheme)://\($0)" } ?? "\(scheme)://\(host):\(port)"
         while base.hasSuffix("/") { base.removeLast() }
         if base.hasPrefix("https://") {
             base = "wss://" + base.dropFirst("https://".count)
@@ -212,6 +261,19 @@ extension GatewayConfiguration {
         int("REALTIME_AUTH_TIMEOUT_SECONDS", "time for the first auth frame (default 10)", min: 1, max: 600, \.timing.authTimeoutSeconds),
         int("REALTIME_TOKEN_EXPIRY_WARNING_SECONDS", "token_expiring lead time (default 30)", min: 1, max: 3600, \.timing.tokenExpiryWarningSeconds),
         int("REALTIME_SHUTDOWN_TIMEOUT_SECONDS", "bound on graceful shutdown (default 10)", min: 1, max: 600, \.timing.shutdownTimeoutSeconds),
+        Setting(variable: "REALTIME_TLS_CERT_FILE", help: "PEM certificate (with its chain) to serve HTTPS and WSS; needs REALTIME_TLS_KEY_FILE") { (c: inout GatewayConfiguration, v: String) throws(ConfigurationError) in
+            c.tlsDraft.certificateFile = v
+        },
+        Setting(variable: "REALTIME_TLS_KEY_FILE", help: "PEM private key of REALTIME_TLS_CERT_FILE") { (c: inout GatewayConfiguration, v: String) throws(ConfigurationError) in
+            c.tlsDraft.keyFile = v
+        },
+        Setting(variable: "REALTIME_TLS_CLIENT_CA_FILE", help: "PEM CA: REST requests must present a client certificate it signed (mutual TLS)") { (c: inout GatewayConfiguration, v: String) throws(ConfigurationError) in
+            c.tlsDraft.clientCAFile = v
+        },
+        Setting(variable: "REALTIME_TLS_MIN_VERSION", help: "lowest TLS version accepted: 1.2 or 1.3 (default 1.2)") { (c: inout GatewayConfiguration, v: String) throws(ConfigurationError) in
+            guard v == "1.2" || v == "1.3" else { throw ConfigurationError(setting: "REALTIME_TLS_MIN_VERSION", problem: "1.2 or 1.3") }
+            c.tlsDraft.minimumVersion = v
+        },
         Setting(variable: "REALTIME_LOG_LEVEL", help: "trace, debug, info, notice, warning, error, critical (default info)") { (c: inout GatewayConfiguration, v: String) throws(ConfigurationError) in
             guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(v) else {
                 throw ConfigurationError(setting: "REALTIME_LOG_LEVEL", problem: "one of trace, debug, info, notice, warning, error, critical")
@@ -239,6 +301,7 @@ extension GatewayConfiguration {
                 throw ConfigurationError(setting: "REALTIME_TOKEN_SECRET", problem: "required with the redis engine (all nodes must share it)")
             }
         }
+        config.tls = try config.tlsDraft.settings()
         guard config.timing.presenceHeartbeatSeconds < config.engine.presenceTTLSeconds else {
             throw ConfigurationError(setting: "REALTIME_PRESENCE_HEARTBEAT_SECONDS", problem: "must be shorter than REALTIME_PRESENCE_TTL_SECONDS")
         }

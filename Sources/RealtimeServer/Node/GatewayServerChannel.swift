@@ -6,6 +6,7 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+import NIOSSL
 import NIOWebSocket
 
 /// The server's child channel: HTTP/1.1 requests go to Hummingbird's router; an upgrade on
@@ -36,11 +37,15 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
     let idleTimeout: Duration
     /// The largest frame the decoder accepts; larger ones are refused with 1009.
     let maxFrameSize: Int
+    /// TLS in front of everything, when configured: each connection takes the context current
+    /// when it is accepted (SIGHUP swaps it for later ones).
+    let tls: TLSContextStore?
 
     init(
-        responder: @escaping HTTPChannelHandler.Responder, webSocket: WebSocketController, maxFrameSize: Int,
+        responder: @escaping HTTPChannelHandler.Responder, webSocket: WebSocketController, maxFrameSize: Int, tls: TLSContextStore? = nil,
         headReadTimeout: TimeAmount = .seconds(10), idleTimeout: Duration = .seconds(60)
     ) {
+        self.tls = tls
         self.responder = Self.redirectingLateUpgrades(responder)
         self.webSocket = webSocket
         self.maxFrameSize = maxFrameSize
@@ -59,6 +64,8 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
             let webSocket = self.webSocket
             let headTimeout = HeadReadTimeout(timeout: headReadTimeout)
             try channel.pipeline.syncOperations.addHandler(headTimeout, position: .first)
+            // Ahead of the head timeout, whose clock (started here) then covers the handshake too.
+            if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.current), position: .first) }
             let idleTimeout = self.idleTimeout
             let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
                 maxFrameSize: maxFrameSize,
@@ -88,7 +95,7 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
                         headTimeout.firstHeadRead()
-                        try sync.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try sync.addHandler(HTTP1ToHTTPServerCodec(secure: self.tls != nil))
                         try sync.addHandler(HeadReadTimeout.Observer(headTimeout))
                         try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(

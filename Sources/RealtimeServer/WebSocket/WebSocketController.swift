@@ -1,5 +1,6 @@
 import Hummingbird
 import NIOCore
+import NIOSSL
 import RealtimeCore
 
 /// `GET /v1/realtime/ws`: the upgraded connections (``GatewayServerChannel`` performs the
@@ -32,8 +33,13 @@ struct WebSocketController: Sendable {
         do {
             let connection = WebSocketConnection(session: session, registered: refusal == nil, inflater: compressed ? try PerMessageDeflate.Inflater() : nil)
             let pipeline = channel.pipeline.syncOperations
-            // Closest to the socket, so its writes bypass the frame encoder above it.
-            try pipeline.addHandler(session.writer, position: .first)
+            // Closest to the socket (but behind TLS, which must encrypt them), so its writes
+            // bypass the frame encoder above it.
+            if let tls = try? pipeline.handler(type: NIOSSLServerHandler.self) {
+                try pipeline.addHandler(session.writer, position: .after(tls))
+            } else {
+                try pipeline.addHandler(session.writer, position: .first)
+            }
             try pipeline.addHandler(connection)
             if let refusal {
                 connection.requestClose(.init(code: refusal.code, reason: refusal.reason, dropQueued: false))

@@ -48,11 +48,14 @@ class AsyncRealtime:
     """REST client with an API key; every call is a coroutine returning the decoded JSON.
     Same call shapes as `Realtime` (positional or keyword)."""
 
-    def __init__(self, url=None, api_key=None, timeout=10.0, retries=5):
+    def __init__(self, url=None, api_key=None, timeout=10.0, retries=5, ssl=None):
+        """`ssl`: an `ssl.SSLContext` for an https:// node (a private CA, a client certificate
+        for mutual TLS); its connections (`connect`) use it too. Default: the system's trust."""
         self.url = (url or os.environ.get("REALTIME_URL") or "http://127.0.0.1:8080").rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("REALTIME_API_KEY")
         self.retries = max(1, retries)
-        self._http = httpx.AsyncClient(timeout=timeout)
+        self.ssl = ssl
+        self._http = httpx.AsyncClient(timeout=timeout, verify=ssl if ssl is not None else True)
         self.token = self.tokens = _Tokens(self)
         self.channel = self.channels = _Channels(self)
         self.presence = _Presence(self)
@@ -119,6 +122,7 @@ class AsyncRealtime:
 
             async def get_token():
                 return await self.token.issue(client_id=client_id, capabilities=caps)
+        options.setdefault("ssl", self.ssl)
         return Connection(token=token, get_token=get_token, url=url or _ws_url(self.url), **options)
 
 
@@ -191,10 +195,11 @@ class Connection:
     delivered, enters presence again, and refreshes its token through `get_token`."""
 
     def __init__(self, token=None, get_token=None, url=None, min_retry=0.5, max_retry=30.0,
-                 request_timeout=10.0, publish_attempts=5):
+                 request_timeout=10.0, publish_attempts=5, ssl=None):
         if token is None and get_token is None:
             raise TypeError("Connection needs token or get_token")
         self.url = url
+        self.ssl = ssl  # an ssl.SSLContext for wss:// (None: the system's trust)
         self._token = token
         self._get_token = get_token
         self.min_retry, self.max_retry = min_retry, max_retry
@@ -305,7 +310,8 @@ class Connection:
                 url = self.url or self._endpoint
                 separator = "&" if "?" in url else "?"
                 async with ws_connect(url + separator + "token=" + urllib.parse.quote(self._token),
-                                      max_size=None, open_timeout=self.request_timeout) as ws:
+                                      max_size=None, open_timeout=self.request_timeout,
+                                      **({"ssl": self.ssl} if self.ssl is not None and url.startswith("wss") else {})) as ws:
                     self._ws = ws
                     try:
                         async for text in ws:

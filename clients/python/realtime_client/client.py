@@ -26,11 +26,14 @@ class Realtime:
     #: outcome unknown, rate limited. Connection errors and timeouts are retried too.
     RETRYABLE = (50300, 50400, 42900)
 
-    def __init__(self, url=None, api_key=None, timeout=10.0, retries=5):
+    def __init__(self, url=None, api_key=None, timeout=10.0, retries=5, ssl=None):
+        """`ssl`: an `ssl.SSLContext` for an https:// node (a private CA, a client certificate
+        for mutual TLS); default: the system's trust."""
         self.url = (url or os.environ.get("REALTIME_URL") or "http://127.0.0.1:8080").rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("REALTIME_API_KEY")
         self.timeout = timeout
         self.retries = max(1, retries)
+        self.ssl = ssl
         self.token = self.tokens = _Tokens(self)
         self.channel = self.channels = _Channels(self)
         self.presence = _Presence(self)
@@ -97,7 +100,7 @@ class Realtime:
         if self.api_key:
             req.add_header("Authorization", "Bearer " + self.api_key)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.ssl) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raw = e.read()

@@ -36,7 +36,7 @@ def start_gateway(port=0, **settings):
         line = proc.stdout.readline()
         if not line:
             break
-        m = re.search(r"listening on (http://\S+)", line)
+        m = re.search(r"listening on (https?://\S+)", line)
         if m:
             proc.url = m.group(1)
             return proc

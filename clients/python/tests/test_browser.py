@@ -26,11 +26,11 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("REALTIM
 class Page:
     """One Chromium page, evaluated into through the DevTools protocol."""
 
-    def __init__(self, url):
+    def __init__(self, url, extra_args=()):
         self.profile = tempfile.mkdtemp(prefix="rt-chromium-")
         self.proc = subprocess.Popen(
             [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--remote-debugging-port=0", f"--user-data-dir={self.profile}", url],
+             "--remote-debugging-port=0", f"--user-data-dir={self.profile}", *extra_args, url],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file = os.path.join(self.profile, "DevToolsActivePort")
         deadline = time.time() + 30
