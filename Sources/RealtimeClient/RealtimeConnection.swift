@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOSSL
 import Synchronization
 
 /// What a connection is doing; every change is published on ``RealtimeConnection/states``.
@@ -34,6 +35,9 @@ public actor RealtimeConnection {
         public var requestTimeout: Duration = .seconds(10)
         /// How `publish` is retried, always with the same idempotency key.
         public var publishRetry = RetryPolicy()
+        /// TLS for `wss://` endpoints (a private CA, a client certificate); nil: the system's
+        /// trust roots with hostname verification.
+        public var tlsConfiguration: TLSConfiguration?
 
         public init(endpoint: String, token: @escaping @Sendable () async throws -> String) {
             self.endpoint = endpoint
@@ -144,7 +148,8 @@ public actor RealtimeConnection {
                     needToken = false
                 }
                 let separator = endpoint.contains("?") ? "&" : "?"
-                let t = try await WebSocketTransport.connect(to: endpoint + separator + "token=" + Self.escape(token ?? ""))
+                let t = try await WebSocketTransport.connect(
+                    to: endpoint + separator + "token=" + Self.escape(token ?? ""), tlsConfiguration: options.tlsConfiguration)
                 transport = t
                 for await event in t.events {
                     switch event {

@@ -45,18 +45,23 @@ final class WebSocketTransport: Sendable {
         }
     }
 
-    static func connect(to url: String, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> WebSocketTransport {
+    static func connect(
+        to url: String, tlsConfiguration: TLSConfiguration? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> WebSocketTransport {
         let endpoint = try Endpoint(url)
         let (events, continuation) = AsyncStream<Event>.makeStream()
         let loop = group.next()
         let upgraded = loop.makePromise(of: Void.self)
-        let sslContext = endpoint.tls ? try NIOSSLContext(configuration: .makeClientConfiguration()) : nil
+        let sslContext = endpoint.tls ? try NIOSSLContext(configuration: tlsConfiguration ?? .makeClientConfiguration()) : nil
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let sslContext {
-                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: endpoint.host))
+                        // SNI carries names only; for an IP address the certificate is checked
+                        // against the address connected to.
+                        let name = endpoint.host.allSatisfy { $0.isHexDigit || $0 == "." || $0 == ":" } ? nil : endpoint.host
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: name))
                     }
                     let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: 1 << 24, automaticErrorHandling: true) { channel, _ in
                         channel.eventLoop.makeCompletedFuture {
@@ -71,7 +76,13 @@ final class WebSocketTransport: Sendable {
                     try channel.pipeline.syncOperations.addHandler(UpgradeRequest(host: "\(endpoint.host):\(endpoint.port)", path: endpoint.path))
                 }
             }
-        let channel = try await bootstrap.connect(host: endpoint.host, port: endpoint.port).get()
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: endpoint.host, port: endpoint.port).get()
+        } catch {
+            upgraded.fail(error)  // never left pending
+            throw error
+        }
         channel.closeFuture.whenComplete { _ in
             upgraded.fail(RealtimeClientError(code: 0, message: "connection refused by the server"))
         }

@@ -1,0 +1,70 @@
+import AsyncHTTPClient
+import Foundation
+import NIOSSL
+import RealtimeClient
+import RealtimeTestSupport
+import Testing
+
+/// The Swift SDK against a node serving HTTPS and WSS itself, with certificates this test
+/// makes (openssl): REST over HTTPS, a WSS subscription that resumes after its socket drops,
+/// and token endpoints that say wss://.
+@Suite struct SwiftClientTLSTests {
+    @Test func httpsPublishAndWssSubscribeAndResumeThroughTheSwiftSDK() async throws {
+        let dir = NSTemporaryDirectory() + "rt-tls-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await Self.makeCertificates(in: dir)
+        let node = GatewayProcess(key: Cluster.key, nodeID: "tls")
+        try await node.start(environment: [
+            "REALTIME_API_KEY": Cluster.key, "REALTIME_TLS_CERT_FILE": dir + "/server.crt", "REALTIME_TLS_KEY_FILE": dir + "/server.key",
+        ])
+        #expect(node.tls)
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .file(dir + "/ca.crt")
+        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        let rest = RealtimeREST(baseURL: "https://127.0.0.1:\(node.port)", apiKey: Cluster.key, httpClient: http)
+        try await eventually("the node to answer over HTTPS", timeout: .seconds(20)) {
+            (try? await rest.publish(channel: "warmup", event: "e", data: .number(0))) != nil
+        }
+        let issued = try await rest.issueToken(TokenRequest(clientID: "swift-tls", capabilities: ["secure": ["*"]]))
+        #expect(issued.endpoint.hasPrefix("wss://127.0.0.1:\(node.port)/"))
+        var options = RealtimeConnection.Options(endpoint: issued.endpoint) {
+            try await rest.issueToken(TokenRequest(clientID: "swift-tls", capabilities: ["secure": ["*"]])).token
+        }
+        options.tlsConfiguration = tls
+        options.minRetryDelay = .milliseconds(50)
+        let connection = RealtimeConnection(options: options)
+        await connection.connect()
+        let channel = await connection.channel("secure")
+        try await channel.subscribe()
+        let publisher = Task {
+            for i in 0..<40 { _ = try await rest.publish(channel: "secure", event: "n", data: .number(Double(i))) }
+        }
+        var received: [RealtimeJSON] = []
+        for await message in channel.messages {
+            received.append(message.data)
+            if received.count == 15 { await connection.dropTransport() }
+            if received.count == 40 { break }
+        }
+        try await publisher.value
+        #expect(received == (0..<40).map { RealtimeJSON.number(Double($0)) })
+        await connection.close()
+        try await http.shutdown()
+        await node.terminate()
+    }
+
+    /// A CA, and a server certificate it signed for 127.0.0.1.
+    static func makeCertificates(in dir: String) async throws {
+        let steps: [[String]] = [
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-subj", "/CN=realtime test CA", "-days", "2", "-out", "ca.crt"],
+            ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-subj", "/CN=127.0.0.1", "-out", "server.csr"],
+            ["sh", "-c", "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth\\n' > server.ext"],
+            ["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-sha256",
+             "-extfile", "server.ext", "-out", "server.crt"],
+        ]
+        for step in steps {
+            let result = try await Command.run(step, directory: dir)
+            try #require(result.status == 0, "\(step.joined(separator: " ")) failed: \(result.output)")
+        }
+    }
+}
