@@ -7,7 +7,9 @@
 #
 # Settings (environment): RT_BASE_PORT (LB port; nodes use the next three), RT_REDIS_PORT,
 # RT_RUN_DIR (PID files, logs, generated secrets; default ops/.run), RT_GATEWAY_BIN (a built
-# realtime-gateway; default: build the release binary), RT_NODES (default 3).
+# realtime-gateway; default: build the release binary), RT_NODES (default 3), RT_TLS=1 (TLS on
+# the load balancer and on every node, with a CA and certificates generated into
+# $RT_RUN_DIR/tls: clients trust tls/ca.crt; the LB serves https/wss and verifies the nodes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -26,6 +28,23 @@ fi
 [ -s "$RUN/token-secret" ] || head -c 48 /dev/urandom | base64 | tr -d '\n/+=' > "$RUN/token-secret"
 [ -s "$RUN/api-key" ] || { printf 'rk_'; head -c 24 /dev/urandom | base64 | tr -d '\n/+='; } > "$RUN/api-key"
 
+SCHEME=http
+node_tls=()
+if [ "${RT_TLS:-}" = 1 ]; then
+  SCHEME=https
+  TLS="$RUN/tls"
+  mkdir -p "$TLS"
+  if [ ! -s "$TLS/server.crt" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$TLS/ca.key" -subj "/CN=realtime local CA" -days 30 \
+      -out "$TLS/ca.crt" >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -keyout "$TLS/server.key" -subj "/CN=localhost" -out "$TLS/server.csr" >/dev/null 2>&1
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > "$TLS/server.ext"
+    openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" -CAcreateserial -days 30 -sha256 \
+      -extfile "$TLS/server.ext" -out "$TLS/server.crt" >/dev/null 2>&1
+  fi
+  node_tls=(--tls-cert-file "$TLS/server.crt" --tls-key-file "$TLS/server.key")
+fi
+
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
   --daemonize yes --pidfile "$RUN/redis.pid" --logfile "$RUN/redis.log" --dir "$RUN" </dev/null >/dev/null 2>&1
 for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
@@ -34,13 +53,25 @@ upstreams=""
 for i in $(seq 1 "$NODES"); do
   port=$((BASE + i))
   REALTIME_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" REALTIME_TOKEN_SECRET="$(cat "$RUN/token-secret")" \
-  REALTIME_API_KEY="$(cat "$RUN/api-key")" REALTIME_PUBLIC_URL="http://127.0.0.1:$BASE" \
-    nohup "$BIN" --port "$port" --node-id "node-$i" </dev/null > "$RUN/node-$i.log" 2>&1 &
+  REALTIME_API_KEY="$(cat "$RUN/api-key")" REALTIME_PUBLIC_URL="$SCHEME://127.0.0.1:$BASE" \
+    nohup "$BIN" --port "$port" --node-id "node-$i" "${node_tls[@]}" </dev/null > "$RUN/node-$i.log" 2>&1 &
   echo $! > "$RUN/node-$i.pid"
   upstreams="$upstreams    server 127.0.0.1:$port max_fails=1 fail_timeout=2s;\n"
 done
 
 mkdir -p "$RUN/nginx"
+if [ "$SCHEME" = https ]; then
+  listen="listen 127.0.0.1:$BASE ssl;
+    ssl_certificate $TLS/server.crt;
+    ssl_certificate_key $TLS/server.key;"
+  upstream_tls="proxy_ssl_trusted_certificate $TLS/ca.crt;
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_ssl_server_name on;"
+else
+  listen="listen 127.0.0.1:$BASE;"
+  upstream_tls=""
+fi
 printf "worker_processes 1;
 pid $RUN/nginx.pid;
 error_log $RUN/nginx-error.log warn;
@@ -57,9 +88,10 @@ http {
   upstream realtime {
 $upstreams  }
   server {
-    listen 127.0.0.1:$BASE;
+    $listen
     location / {
-      proxy_pass http://realtime;
+      proxy_pass $SCHEME://realtime;
+      $upstream_tls
       proxy_http_version 1.1;
       proxy_set_header Upgrade \$http_upgrade;
       proxy_set_header Connection \$connection_upgrade;
@@ -73,10 +105,12 @@ $upstreams  }
 nginx -c "$RUN/nginx.conf" -p "$RUN/nginx" </dev/null >/dev/null 2>&1
 
 for _ in $(seq 1 200); do
-  curl -fsS "http://127.0.0.1:$BASE/readyz" >/dev/null 2>&1 && ready=1 && break
+  curl -fsS ${TLS:+--cacert "$TLS/ca.crt"} "$SCHEME://127.0.0.1:$BASE/readyz" >/dev/null 2>&1 && ready=1 && break
   sleep 0.1
 done
 if [ "${ready:-0}" != 1 ]; then echo "cluster-up: the load balancer did not become ready; see $RUN/*.log" >&2; exit 1; fi
-echo "cluster up: http://127.0.0.1:$BASE (nodes 127.0.0.1:$((BASE + 1))-$((BASE + NODES)), redis 127.0.0.1:$REDIS_PORT)"
+echo "cluster up: $SCHEME://127.0.0.1:$BASE (nodes 127.0.0.1:$((BASE + 1))-$((BASE + NODES)), redis 127.0.0.1:$REDIS_PORT)"
 echo "API key: $(cat "$RUN/api-key")"
+[ "$SCHEME" = https ] && echo "CA certificate: $TLS/ca.crt"
+true
 echo "Inspect: REDIS_URL=redis://127.0.0.1:$REDIS_PORT bash ops/rt-inspect channels"

@@ -68,3 +68,44 @@ import Testing
         }
     }
 }
+
+/// `ops/cluster-up.sh` with RT_TLS=1: the load balancer serves HTTPS/WSS and reaches the nodes
+/// over TLS; the Swift SDK publishes and subscribes through it trusting the generated CA.
+@Suite struct NativeTLSClusterTests {
+    @Test func theNativeClusterRunsWithTLSOnTheBalancerAndTheNodes() async throws {
+        let runDir = FileManager.default.temporaryDirectory.appendingPathComponent("rt-run-tls-\(UUID().uuidString)").path
+        let base = try OpsTests.freeBlock(of: 5, in: 20_000..<32_000)
+        let env = [
+            "RT_BASE_PORT": String(base), "RT_REDIS_PORT": String(base + 4), "RT_RUN_DIR": runDir,
+            "RT_GATEWAY_BIN": GatewayProcess.binary.path, "RT_TLS": "1",
+        ]
+        let (status, output) = try await OpsTests.run(["bash", "ops/cluster-up.sh"], environment: env)
+        defer { _ = try? Command.runDetached(["bash", "ops/cluster-down.sh"], directory: OpsTests.root.path, environment: env) }
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("cluster up: https://127.0.0.1:\(base)"))
+        let key = try String(contentsOfFile: runDir + "/api-key", encoding: .utf8)
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .file(runDir + "/tls/ca.crt")
+        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        let rest = RealtimeREST(baseURL: "https://127.0.0.1:\(base)", apiKey: key, httpClient: http)
+        let issued = try await rest.issueToken(TokenRequest(clientID: "via-lb", capabilities: ["tls-lb": ["*"]]))
+        #expect(issued.endpoint == "wss://127.0.0.1:\(base)/v1/realtime/ws")
+        var options = RealtimeConnection.Options(endpoint: issued.endpoint) { issued.token }
+        options.tlsConfiguration = tls
+        let connection = RealtimeConnection(options: options)
+        await connection.connect()
+        let channel = await connection.channel("tls-lb")
+        try await channel.subscribe()
+        let sent = try await rest.publish(channel: "tls-lb", event: "e", data: .number(1))
+        var got: String?
+        for await message in channel.messages {
+            got = message.id
+            break
+        }
+        #expect(got == sent.messageID)
+        await connection.close()
+        try await http.shutdown()
+        let (downStatus, _) = try await OpsTests.run(["bash", "ops/cluster-down.sh"], environment: env)
+        #expect(downStatus == 0)
+    }
+}
