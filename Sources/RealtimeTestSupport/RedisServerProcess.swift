@@ -45,8 +45,8 @@ public final class RedisServerProcess: @unchecked Sendable {
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw CocoaError(.fileWriteUnknown) }
+        ProcessState.waitForExit(p.processIdentifier, timeout: 60)
+        guard FileManager.default.fileExists(atPath: d + "/server.crt") else { throw CocoaError(.fileWriteUnknown) }
     }
 
     /// Starts the server and waits until it accepts connections. If the chosen port was taken
@@ -80,12 +80,12 @@ public final class RedisServerProcess: @unchecked Sendable {
         try p.run()
         process = p
         let deadline = ContinuousClock.now + .seconds(10)
-        while ContinuousClock.now < deadline, p.isRunning {
+        while ContinuousClock.now < deadline, !ProcessState.hasExited(p.processIdentifier) {
             if let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get() {
                 try? await channel.close().get()
                 // Someone else's server may own the port while ours failed to bind and exits.
                 try await Task.sleep(for: .milliseconds(100))
-                return p.isRunning
+                return !ProcessState.hasExited(p.processIdentifier)
             }
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -94,7 +94,7 @@ public final class RedisServerProcess: @unchecked Sendable {
 
     /// Freezes the server (SIGSTOP): connections stay open and nothing is answered.
     public func suspend() {
-        if let p = process, p.isRunning { kill(p.processIdentifier, SIGSTOP) }
+        if let p = process, !ProcessState.hasExited(p.processIdentifier) { kill(p.processIdentifier, SIGSTOP) }
     }
 
     /// Lets a suspended server run again (SIGCONT).
@@ -104,9 +104,8 @@ public final class RedisServerProcess: @unchecked Sendable {
 
     /// Stops the server (SIGKILL: clients see the connection drop; only a durable server keeps data).
     public func stop() {
-        guard let p = process, p.isRunning else { return }
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
+        guard let p = process, !ProcessState.hasExited(p.processIdentifier) else { return }
+        ProcessState.killAndWait(p.processIdentifier)
         process = nil
     }
 

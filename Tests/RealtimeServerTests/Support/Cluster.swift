@@ -69,7 +69,7 @@ final class GatewayProcess: NodeAccess, @unchecked Sendable {
         }
     }
 
-    var isRunning: Bool { process?.isRunning ?? false }
+    var isRunning: Bool { process.map { !ProcessState.hasExited($0.processIdentifier) } ?? false }
 
     /// Resident memory of the node process (kB), from /proc.
     var residentKilobytes: Int? {
@@ -82,19 +82,18 @@ final class GatewayProcess: NodeAccess, @unchecked Sendable {
 
     /// SIGKILL: the node dies without a word (no close frames, no presence cleanup).
     func kill9() {
-        guard let p = process, p.isRunning else { return }
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
+        guard let p = process, isRunning else { return }
+        ProcessState.killAndWait(p.processIdentifier)
     }
 
     /// SIGTERM and wait (bounded) for the graceful exit, without blocking a thread: the node's
     /// drain waits for this process's clients to answer their close frames.
     func terminate() async {
-        guard let p = process, p.isRunning else { return }
+        guard let p = process, isRunning else { return }
         kill(p.processIdentifier, SIGTERM)
         let deadline = ContinuousClock.now + .seconds(15)
-        while p.isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
-        if p.isRunning { kill9() }
+        while isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        if isRunning { kill9() }
     }
 
     deinit { kill9() }
