@@ -118,7 +118,7 @@ public actor RealtimeConnection {
         let text = String(decoding: try JSONEncoder().encode(RealtimeJSON.object(frame)), as: UTF8.self)
         let timeout = options.requestTimeout
         let timer = Task { [weak self] in
-            try? await Task.sleep(for: timeout)
+            try? await Task.sleep(for: timeout, clock: .suspending)
             await self?.expire(ref, op: op)
         }
         defer { timer.cancel() }
@@ -186,7 +186,7 @@ public actor RealtimeConnection {
             let base = min(options.maxRetryDelay, options.minRetryDelay * (1 << min(attempt, 16)))
             let delay = base / 2 + base * Double.random(in: 0..<0.5)
             attempt += 1
-            try? await Task.sleep(for: delay)
+            try? await Task.sleep(for: delay, clock: .suspending)
         }
     }
 

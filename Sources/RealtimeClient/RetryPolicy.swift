@@ -44,7 +44,7 @@ public struct RetryPolicy: Sendable {
                 let (retry, hint) = Self.retryable(error)
                 guard retry, attempt < attempts, !Task.isCancelled else { throw error }
                 let jittered = Duration.nanoseconds(Int64.random(in: 0...max(1, Int64(delay.components.seconds) * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000)))
-                try await Task.sleep(for: max(hint ?? .zero, jittered))
+                try await Task.sleep(for: max(hint ?? .zero, jittered), clock: .suspending)
                 delay = min(delay * 2, maxDelay)
                 attempt += 1
             }

@@ -195,7 +195,7 @@ extension RedisEngine: Broker {
         let deadline = ContinuousClock.now + .seconds(2)
         while ContinuousClock.now < deadline {
             if probes.withLock({ $0[nonce] == true }) { return }
-            try await Task.sleep(for: .milliseconds(10))
+            try await Task.sleep(for: .milliseconds(10), clock: .suspending)
         }
         throw RealtimeError.engineUnavailable("pub/sub round trip failed")
     }

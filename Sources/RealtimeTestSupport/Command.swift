@@ -22,7 +22,7 @@ public enum Command {
                 waitpid(pid, &status, 0)
                 break
             }
-            try await Task.sleep(for: .milliseconds(20))
+            try await Task.sleep(for: .milliseconds(20), clock: .suspending)
         }
         let output = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
         let exited = (status & 0x7f) == 0

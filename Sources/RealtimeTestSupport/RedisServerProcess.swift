@@ -84,10 +84,10 @@ public final class RedisServerProcess: @unchecked Sendable {
             if let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get() {
                 try? await channel.close().get()
                 // Someone else's server may own the port while ours failed to bind and exits.
-                try await Task.sleep(for: .milliseconds(100))
+                try await Task.sleep(for: .milliseconds(100), clock: .suspending)
                 return !ProcessState.hasExited(p.processIdentifier)
             }
-            try await Task.sleep(for: .milliseconds(20))
+            try await Task.sleep(for: .milliseconds(20), clock: .suspending)
         }
         return false
     }

@@ -79,7 +79,7 @@ public final class RedisSubscriber: Sendable {
                 backoff = .milliseconds(50)
                 // Ping until the connection fails.
                 while !Task.isCancelled, connection.isActive {
-                    try await Task.sleep(for: .seconds(1))
+                    try await Task.sleep(for: .seconds(1), clock: .suspending)
                     try await connection.send(["PING"])
                     lastPong.store(Self.nowNanos(), ordering: .relaxed)
                 }
@@ -96,7 +96,7 @@ public final class RedisSubscriber: Sendable {
                 return was
             }
             if wasConnected { onInterrupted() }
-            try? await Task.sleep(for: backoff)
+            try? await Task.sleep(for: backoff, clock: .suspending)
             backoff = min(backoff * 2, .seconds(2))
         }
         state.withLock { s in
@@ -142,7 +142,7 @@ public final class RedisSubscriber: Sendable {
         let deadline = ContinuousClock.now + wait
         while !(state.withLock { $0.connection?.isActive ?? false }) {
             guard ContinuousClock.now < deadline else { throw RedisError.connection("pub/sub connection unavailable") }
-            try await Task.sleep(for: .milliseconds(10))
+            try await Task.sleep(for: .milliseconds(10), clock: .suspending)
         }
     }
 }

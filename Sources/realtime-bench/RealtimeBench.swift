@@ -156,7 +156,7 @@ struct Fanout: AsyncParsableCommand {
             var connectFailed = 0
             if let workers {
                 while delivered < expected {
-                    try await Task.sleep(for: .milliseconds(50))
+                    try await Task.sleep(for: .milliseconds(50), clock: .suspending)
                     let r = try await workers.ask("report")
                     connectFailed = r.failed
                     if r.received > 0 {
@@ -226,7 +226,7 @@ struct Idle: AsyncParsableCommand {
         defer { set.finish() }
         let connectSeconds = Double(monotonicNanos() - start) / 1e9
         progress("\(ready.connected) connected, \(ready.failed) failed in \(String(format: "%.1f", connectSeconds)) s; holding \(hold) s")
-        try await Task.sleep(for: .seconds(hold))
+        try await Task.sleep(for: .seconds(hold), clock: .suspending)
         let after = pid.compactMap(residentKiB).reduce(0, +)
         let per = ready.connected > 0 ? Double(after - before) / Double(ready.connected) : 0
         emitResult(Result(
@@ -271,7 +271,7 @@ struct Storm: AsyncParsableCommand {
         var seen: UInt64 = 0
         let expectedFirst = expectedDeliveries(perChannel: first.perChannel, subscribers: clients)
         for _ in 0..<100 where seen < expectedFirst {
-            try await Task.sleep(for: .milliseconds(100))
+            try await Task.sleep(for: .milliseconds(100), clock: .suspending)
             seen += try await set.ask("report").received
         }
         progress("every client has a last id (\(seen)/\(expectedFirst)); dropping them")

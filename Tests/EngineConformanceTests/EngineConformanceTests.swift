@@ -48,7 +48,7 @@ import Testing
             // The key is per channel.
             let elsewhere = try await t.engine.broker.publish(PublishRequest(channel: channel("pay2"), event: "e", data: "3", idempotencyKey: "k"))
             #expect(elsewhere.status == .published)
-            try await Task.sleep(for: .milliseconds(50))
+            try await Task.sleep(for: .milliseconds(50), clock: .suspending)
             #expect(t.events.messages.filter { $0.channel == s.name }.count == 1)
             #expect(try await t.engine.broker.history(s.name, HistoryQuery(limit: 10, direction: .forwards)).messages.map(\.data) == ["1"])
         }
@@ -139,7 +139,7 @@ import Testing
             #expect(removed <= 1)
             #expect(try await t.engine.presence.sweep() == 0)
             try await t.events.wait("leave") { $0.presence.contains { $0.action == .leave } }
-            try await Task.sleep(for: .milliseconds(50))
+            try await Task.sleep(for: .milliseconds(50), clock: .suspending)
             let leaves = t.events.presence.filter { $0.action == .leave }
             #expect(leaves.map(\.member.connectionID) == ["gone"])
             #expect(try await t.engine.presence.members(ch).map(\.connectionID) == ["alive"])
@@ -223,7 +223,7 @@ import Testing
             let first = try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "1", idempotencyKey: "k"))
             t.clock.advance(byMilliseconds: 1500)
             // Redis expires keys in its own time.
-            if kind == .redis { try await Task.sleep(for: .milliseconds(1600)) }
+            if kind == .redis { try await Task.sleep(for: .milliseconds(1600), clock: .suspending) }
             let later = try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "2", idempotencyKey: "k"))
             #expect(later.status == .published && later.id != first.id)
         }
@@ -315,10 +315,10 @@ import Testing
             group.addTask { try await a.run(delivering: { _ in }) }
             group.addTask { try await b.run(delivering: { _ in }) }
             let ready = ContinuousClock.now + .seconds(10)
-            while (try? await a.checkReady()) == nil, ContinuousClock.now < ready { try await Task.sleep(for: .milliseconds(20)) }
-            while (try? await b.checkReady()) == nil, ContinuousClock.now < ready { try await Task.sleep(for: .milliseconds(20)) }
+            while (try? await a.checkReady()) == nil, ContinuousClock.now < ready { try await Task.sleep(for: .milliseconds(20), clock: .suspending) }
+            while (try? await b.checkReady()) == nil, ContinuousClock.now < ready { try await Task.sleep(for: .milliseconds(20), clock: .suspending) }
             for _ in 0..<50 { try await a.checkReady() }
-            try await Task.sleep(for: .milliseconds(200))
+            try await Task.sleep(for: .milliseconds(200), clock: .suspending)
             #expect(a.probes.withLock { $0.count } == 0)
             #expect(b.probes.withLock { $0.count } == 0)
             group.cancelAll()

@@ -42,7 +42,7 @@ final class EventRecorder: Sendable {
                 Issue.record("timed out waiting for \(what)")
                 throw CancellationError()
             }
-            try await Task.sleep(for: .milliseconds(5))
+            try await Task.sleep(for: .milliseconds(5), clock: .suspending)
         }
     }
 }
@@ -99,9 +99,9 @@ func withEngine(
             group.addTask { try await engine.run(delivering: { recorder.record($0) }) }
         }
         // Let `run` install its handler (and, for Redis, its pub/sub connection) before the test acts.
-        try await Task.sleep(for: .milliseconds(20))
+        try await Task.sleep(for: .milliseconds(20), clock: .suspending)
         let ready = ContinuousClock.now + .seconds(10)
-        while (try? await engine.broker.checkReady()) == nil, ContinuousClock.now < ready { try await Task.sleep(for: .milliseconds(20)) }
+        while (try? await engine.broker.checkReady()) == nil, ContinuousClock.now < ready { try await Task.sleep(for: .milliseconds(20), clock: .suspending) }
         do {
             try await body(EngineUnderTest(engine: engine, clock: clock, events: recorder, hub: hub))
         } catch {

@@ -135,7 +135,7 @@ func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: ()
             Issue.record("timed out waiting for \(what)")
             throw CancellationError()
         }
-        try await Task.sleep(for: .milliseconds(5))
+        try await Task.sleep(for: .milliseconds(5), clock: .suspending)
     }
 }
 
@@ -214,7 +214,7 @@ func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: ()
                 }
             }
             try await waitUntil("the attach") { broker.heldSubscribes == 1 }
-            try await Task.sleep(for: .milliseconds(50))
+            try await Task.sleep(for: .milliseconds(50), clock: .suspending)
             broker.release()
             #expect(await results.value == [false, false, false])
             #expect(hub.localCount(ch) == 0)
@@ -292,7 +292,7 @@ func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: ()
             try await memory.enter(ch, member: member("arrives"))
             broker.restore()
             try await waitUntil("reconciled presence") { sink.all.count >= 2 }
-            try await Task.sleep(for: .milliseconds(100))
+            try await Task.sleep(for: .milliseconds(100), clock: .suspending)
             let events = sink.all
             #expect(events.count == 2)
             #expect(events.contains { $0.contains("\"action\":\"leave\"") && $0.contains("\"connection_id\":\"leaves\"") })

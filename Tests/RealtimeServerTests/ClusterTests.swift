@@ -97,7 +97,7 @@ import Testing
             let publisher = Task {
                 for i in 0..<150 {
                     if let id = try? await n3.publish("feed", data: "\(i)").json["message_id"].string { published.withLock { $0.append(id) } }
-                    try await Task.sleep(for: .milliseconds(10))
+                    try await Task.sleep(for: .milliseconds(10), clock: .suspending)
                 }
             }
             var received: [String] = []
@@ -146,20 +146,20 @@ import Testing
                         refused.withLock { $0.append(i) }
                     }
                     i += 1
-                    try await Task.sleep(for: .milliseconds(5))
+                    try await Task.sleep(for: .milliseconds(5), clock: .suspending)
                 }
             }
-            try await Task.sleep(for: .milliseconds(500))
+            try await Task.sleep(for: .milliseconds(500), clock: .suspending)
             cluster.redis.stop()
             try await eventually("not ready during the outage") { try await n1.rest(.GET, "/readyz", key: "").status == 503 }
-            try await Task.sleep(for: .milliseconds(500))
+            try await Task.sleep(for: .milliseconds(500), clock: .suspending)
             try await cluster.redis.start(keepPort: true)
             try await eventually("ready again", timeout: .seconds(20)) {
                 let a = try await n1.rest(.GET, "/readyz", key: "").status
                 let b = try await n2.rest(.GET, "/readyz", key: "").status
                 return a == 200 && b == 200
             }
-            try await Task.sleep(for: .milliseconds(500))
+            try await Task.sleep(for: .milliseconds(500), clock: .suspending)
             stop.store(true, ordering: .relaxed)
             try await publisher.value
             let ok = acknowledged.withLock { $0 }

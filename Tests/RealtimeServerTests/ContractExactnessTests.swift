@@ -143,7 +143,7 @@ import Testing
             try await peer.sendRaw(request)
             try await node.eventually("the first answer") { peer.answers == 1 }
             // Silent for three head timeouts: a timer that started at the answer would have cut it.
-            try await Task.sleep(for: .seconds(3))
+            try await Task.sleep(for: .seconds(3), clock: .suspending)
             #expect(!peer.isClosed)
             try await peer.sendRaw(request)
             try await node.eventually("the second answer") { peer.answers == 2 }
@@ -171,14 +171,14 @@ import Testing
             #expect(r.status == 200)
         }
         let token = try await node.token(client: "sink", caps: "{}")
-        try await Task.sleep(for: .seconds(1))
+        try await Task.sleep(for: .seconds(1), clock: .suspending)
         let before = try #require(node.residentKilobytes)
         let peer = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + token, reading: false)
-        try await Task.sleep(for: .milliseconds(300))
+        try await Task.sleep(for: .milliseconds(300), clock: .suspending)
         for _ in 0..<6 {
             try await peer.sendTexts(Array(repeating: #"{"op":"history","channel":"flood","limit":1000}"#, count: 10))
         }
-        try await Task.sleep(for: .seconds(3))
+        try await Task.sleep(for: .seconds(3), clock: .suspending)
         let after = try #require(node.residentKilobytes)
         // The budget (1 MiB) plus what one reply costs to build (about 10 MB of JSON and its
         // frame), not 60 replies (600 MB).

@@ -96,7 +96,7 @@ final class ResumingSubscriber: Sendable {
             guard node.isRunning, let socket = try? await TestSocket.connect(node.wsURL + "?token=" + token),
                 (try? await socket.next(timeout: .seconds(5)))?["type"].string == "connected"
             else {
-                try? await Task.sleep(for: .milliseconds(100))
+                try? await Task.sleep(for: .milliseconds(100), clock: .suspending)
                 continue
             }
             let since = seen.withLock { $0.ids.last }.map { #","since_id":"\#($0)""# } ?? ""
@@ -129,7 +129,7 @@ final class ResumingSubscriber: Sendable {
                 if socket.hasEnded { break }
             }
             socket.close()
-            try? await Task.sleep(for: .milliseconds(50))
+            try? await Task.sleep(for: .milliseconds(50), clock: .suspending)
         }
     }
 }
@@ -155,9 +155,9 @@ struct RetryingPublisher {
                 } else if let r = try? await node.rest(.GET, "/healthz", key: ""), r.status != 200 {
                     continue
                 }
-                try? await Task.sleep(for: .milliseconds(100))
+                try? await Task.sleep(for: .milliseconds(100), clock: .suspending)
             }
-            try? await Task.sleep(for: pace)
+            try? await Task.sleep(for: pace, clock: .suspending)
         }
         return acked
     }
@@ -176,27 +176,27 @@ struct RetryingPublisher {
         Scenario(name: "reset") { c in c.proxies[0].reset() },
         Scenario(name: "pause") { c in
             c.proxies[0].pause()
-            try await Task.sleep(for: .milliseconds(2500))  // past the 1 s command timeout
+            try await Task.sleep(for: .milliseconds(2500), clock: .suspending)  // past the 1 s command timeout
             c.proxies[0].resume()
         },
         Scenario(name: "delay") { c in
             c.proxies[0].delay(milliseconds: 300)
-            try await Task.sleep(for: .seconds(3))
+            try await Task.sleep(for: .seconds(3), clock: .suspending)
             c.proxies[0].delay(milliseconds: 0)
         },
         Scenario(name: "sigstop") { c in
             c.redis.suspend()
-            try await Task.sleep(for: .seconds(3))
+            try await Task.sleep(for: .seconds(3), clock: .suspending)
             c.redis.resume()
         },
         Scenario(name: "kill") { c in
             c.nodes[1].kill9()
-            try await Task.sleep(for: .seconds(1))
+            try await Task.sleep(for: .seconds(1), clock: .suspending)
             try await c.restart(1)
         },
         Scenario(name: "redis-restart") { c in
             c.redis.stop()
-            try await Task.sleep(for: .seconds(1))
+            try await Task.sleep(for: .seconds(1), clock: .suspending)
             try await c.redis.start(keepPort: true)
         },
     ]
@@ -231,9 +231,9 @@ struct RetryingPublisher {
                 for (i, s) in subscribers.enumerated() { group.addTask { await s.run(nodes: nodes, start: i, until: stop) } }
             }
         }
-        try await Task.sleep(for: .milliseconds(500))
+        try await Task.sleep(for: .milliseconds(500), clock: .suspending)
         let publishing = Task { await RetryingPublisher(channel: channel, nodes: nodes).run(count: 150) }
-        try await Task.sleep(for: .seconds(1))
+        try await Task.sleep(for: .seconds(1), clock: .suspending)
         try await scenario.fault(cluster)
         let acked = await publishing.value
         #expect(acked.count == 150, "\(scenario.name): every publish is acknowledged in the end")
@@ -309,14 +309,14 @@ struct RetryingPublisher {
             }
             return farEvents.contains("leave/keeper") && doomedLeftAt != nil
         }
-        try await Task.sleep(for: .seconds(1))
+        try await Task.sleep(for: .seconds(1), clock: .suspending)
         while let e = try? await farWatcher.next(type: "presence_event", timeout: .milliseconds(200)) {
             farEvents.append("\(e["action"].string ?? "")/\(e["member"]["client_id"].string ?? "")")
         }
         #expect(farEvents.filter { $0 == "leave/doomed" }.count == 1, "exactly one leave: \(farEvents)")
         // Within the TTL plus one heartbeat (and a generous margin for a loaded machine).
         #expect(doomedLeftAt! - killedAt < .seconds(FaultCluster.presenceTTL + FaultCluster.presenceHeartbeat + 5))
-        try await Task.sleep(for: .seconds(2))
+        try await Task.sleep(for: .seconds(2), clock: .suspending)
         cluster.proxies[0].resume()
         let healedAt = ContinuousClock.now
         try await cluster.restart(1)

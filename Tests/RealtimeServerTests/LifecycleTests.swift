@@ -73,7 +73,7 @@ import Testing
         bad.standardOutput = Pipe()
         try bad.run()
         // Polls instead of blocking: a blocked thread here starves the other tests' clients.
-        while bad.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+        while bad.isRunning { try await Task.sleep(for: .milliseconds(20), clock: .suspending) }
         #expect(bad.terminationStatus != 0)
         #expect(String(decoding: badErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("REALTIME_PORT"))
 
@@ -92,7 +92,7 @@ import Testing
         var banner = ""
         let deadline = ContinuousClock.now + .seconds(20)
         while !banner.contains("Bootstrap API key"), ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(20))
+            try await Task.sleep(for: .milliseconds(20), clock: .suspending)
             banner = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
         }
         let url = try #require(banner.split(separator: " ").first { $0.hasPrefix("http://") }.map(String.init))
@@ -103,7 +103,7 @@ import Testing
         #expect(response.status.code == 200)
         kill(process.processIdentifier, SIGTERM)
         let stopDeadline = ContinuousClock.now + .seconds(15)
-        while process.isRunning, ContinuousClock.now < stopDeadline { try await Task.sleep(for: .milliseconds(50)) }
+        while process.isRunning, ContinuousClock.now < stopDeadline { try await Task.sleep(for: .milliseconds(50), clock: .suspending) }
         #expect(!process.isRunning)
         #expect(process.terminationStatus == 0)
     }

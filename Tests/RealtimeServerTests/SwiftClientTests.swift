@@ -99,7 +99,7 @@ import Testing
             let publisher = Task {
                 for i in 0..<150 {
                     _ = try await rest.publish(channel: "sdk-feed", event: "n", data: .number(Double(i)))
-                    if i % 10 == 0 { try await Task.sleep(for: .milliseconds(5)) }
+                    if i % 10 == 0 { try await Task.sleep(for: .milliseconds(5), clock: .suspending) }
                 }
             }
             var received: [RealtimeJSON] = []
@@ -171,7 +171,7 @@ import Testing
             await connection.connect()
             try await connection.waitUntilConnected()
             let before = await connection.state
-            try await Task.sleep(for: .seconds(4))
+            try await Task.sleep(for: .seconds(4), clock: .suspending)
             #expect(await connection.state == before, "still the same connection after the first token expired")
             #expect(calls.load(ordering: .relaxed) >= 2)
             let ch = await connection.channel("sdk-after")
@@ -198,7 +198,7 @@ import Testing
             let publisher = Task {
                 for i in 0..<100 {
                     _ = try await rest.publish(channel: "sdk-cluster", event: "n", data: .number(Double(i)))
-                    try await Task.sleep(for: .milliseconds(10))
+                    try await Task.sleep(for: .milliseconds(10), clock: .suspending)
                 }
             }
             var received: [RealtimeJSON] = []
@@ -253,7 +253,7 @@ import Testing
                     return false
                 }
                 race.addTask {
-                    try await Task.sleep(for: .seconds(10))
+                    try await Task.sleep(for: .seconds(10), clock: .suspending)
                     return false
                 }
                 defer { race.cancelAll() }
@@ -261,7 +261,7 @@ import Testing
             }
             #expect(failed)
             await #expect(throws: RealtimeClientError.self) { try await connection.waitUntilConnected() }
-            try await Task.sleep(for: .milliseconds(500))  // retries would come every 20-50 ms
+            try await Task.sleep(for: .milliseconds(500), clock: .suspending)  // retries would come every 20-50 ms
             #expect(attempts.load(ordering: .relaxed) == 1)
             #expect(await connection.state == .failed(code: 4003))
             await connection.close()
@@ -324,7 +324,7 @@ import Testing
             proxy.pause()
             let publishing = Task { try await rest.publish(channel: "once", event: "e", data: ["n": 1]) }
             // Longer than the request timeout: the first attempt's reply is lost for good.
-            try await Task.sleep(for: .milliseconds(1800))
+            try await Task.sleep(for: .milliseconds(1800), clock: .suspending)
             proxy.resume()
             let result = try await publishing.value
             let history = try await node.rest(.GET, "/v1/realtime/channels/once/history").json["messages"].array

@@ -49,7 +49,7 @@ import Testing
                     if let length = WebSocketConnectionTests.frameLength(bytes), bytes.count >= length { return bytes }
                     continue
                 }
-                try await Task.sleep(for: .milliseconds(2))
+                try await Task.sleep(for: .milliseconds(2), clock: .suspending)
             }
             Issue.record("no whole frame written within \(timeout): \(bytes)")
             return bytes

@@ -42,7 +42,7 @@ import Testing
             let f = try await forged.framesUntilClose()
             #expect(f.texts.count == 1 && f.texts[0].contains("\"code\":40141") && f.closeCode == 4001, "\(f)")
             let shortLived = try await node.token(ttl: 1)
-            try await Task.sleep(for: .milliseconds(2100))
+            try await Task.sleep(for: .milliseconds(2100), clock: .suspending)
             let expired = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + shortLived)
             let e = try await expired.framesUntilClose()
             #expect(e.texts.count == 1 && e.texts[0].contains("\"code\":40140") && e.closeCode == 4001, "\(e)")
@@ -160,7 +160,7 @@ import Testing
             let second = try await node.connect(token)
             let sub = try await second.call("subscribe", #""channel":"resume","since_id":"\#(received.last!)""#)
             #expect(sub["resumed"].bool == true)
-            try await Task.sleep(for: .milliseconds(300))
+            try await Task.sleep(for: .milliseconds(300), clock: .suspending)
             stop.store(true, ordering: .relaxed)
             try await publisher.value
             let all = published.withLock { $0 }
@@ -199,13 +199,13 @@ import Testing
     /// served after the first token's expiry (waited for past it, never raced).
     @Test func authRefreshExtendsTheConnection() async throws {
         try await TestNode.with { node in
-            let minted = ContinuousClock.now
+            let minted = SuspendingClock.now
             let socket = try await node.connect(try await node.token(client: "alice", ttl: 10))
             let ack = try await socket.call("auth", #""token":"\#(try await node.token(client: "alice", ttl: 3600))""#)
             #expect(ack["type"].string == "ack" && ack["expires_at"].string != nil)
             let wrong = try await socket.call("auth", #""token":"\#(try await node.token(client: "mallory"))""#)
             #expect(wrong["code"].int == 40141)
-            try await Task.sleep(until: minted + .seconds(12), clock: .continuous)
+            try await Task.sleep(until: minted + .seconds(12), clock: .suspending)
             #expect(try await socket.call("ping")["type"].string == "pong")
         }
     }

@@ -45,7 +45,7 @@ import RealtimeTestSupport
         let start = ContinuousClock.now
         await #expect(throws: RedisError.self) { try await client.send(["GET", "k"]) }
         #expect(ContinuousClock.now - start < .seconds(1))
-        try await Task.sleep(for: .milliseconds(1600))
+        try await Task.sleep(for: .milliseconds(1600), clock: .suspending)
         // The timed-out connection was closed; the next command uses a new one.
         var answer: String?
         try await eventually { answer = try? await client.send(["GET", "k"]).string; return answer == "v" }
@@ -102,7 +102,7 @@ import RealtimeTestSupport
             try await client.send(["PUBLISH", "a", "1"])
             // Not counted: one unsubscribe ends the subscription.
             await subscriber.unsubscribe("a")
-            try await Task.sleep(for: .milliseconds(100))
+            try await Task.sleep(for: .milliseconds(100), clock: .suspending)
             #expect(try await client.send(["PUBSUB", "NUMSUB", "a"]).array?.last?.int == 0)
             try await client.send(["PUBLISH", "a", "3"])
             try await client.send(["PUBLISH", "b", "4"])
@@ -134,7 +134,7 @@ func eventually(timeout: Duration = .seconds(5), _ condition: () async throws ->
             Issue.record("condition not met in time")
             return
         }
-        try await Task.sleep(for: .milliseconds(20))
+        try await Task.sleep(for: .milliseconds(20), clock: .suspending)
     }
 }
 
@@ -159,11 +159,11 @@ final class Locked<Value: Sendable>: Sendable {
         let direct = RedisCommandClient(configuration: try RedisConfiguration(url: server.url))
         #expect(try await client.send(["SET", "k", "1"]).string == "OK")
         proxy.pause()
-        try await Task.sleep(for: .milliseconds(100))
+        try await Task.sleep(for: .milliseconds(100), clock: .suspending)
         await #expect(throws: RedisError.timeout) { try await client.send(["SET", "k", "2"]) }
         for _ in 0..<3 {
             _ = try? await client.send(["SET", "k", "3"])
-            try await Task.sleep(for: .milliseconds(200))
+            try await Task.sleep(for: .milliseconds(200), clock: .suspending)
         }
         #expect(try await direct.send(["GET", "k"]).string == "1")
         proxy.resume()

@@ -73,7 +73,7 @@ import Testing
         let second = wire.send(["INCR", "n"])
         _ = try wire.written()
         // The deadline is on the real clock; the check runs on the loop's (embedded) timer.
-        try await Task.sleep(for: .milliseconds(50))
+        try await Task.sleep(for: .milliseconds(50), clock: .suspending)
         wire.loop.advanceTime(by: .seconds(1))
         func error(_ box: Locked<Result<RESPValue, any Error>?>) -> RedisError? {
             if case .failure(let e)? = box.withLock({ $0 }) { return e as? RedisError }

@@ -28,7 +28,7 @@ public struct Engine: Sendable {
                 while !Task.isCancelled {
                     await channels.upkeep()
                     _ = try? await presence.sweep()
-                    try? await Task.sleep(for: .seconds(1))
+                    try? await Task.sleep(for: .seconds(1), clock: .suspending)
                 }
             }
             try await group.next()

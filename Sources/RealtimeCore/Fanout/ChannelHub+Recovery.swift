@@ -17,7 +17,7 @@ extension ChannelHub {
         while !Task.isCancelled {
             expireWaiters(channel)
             guard brokerUp.load(ordering: .relaxed) else {
-                try? await Task.sleep(for: .milliseconds(50))
+                try? await Task.sleep(for: .milliseconds(50), clock: .suspending)
                 continue
             }
             let epoch = interruptions.load(ordering: .relaxed)
@@ -31,7 +31,7 @@ extension ChannelHub {
                 if caughtUp(channel, from: from, page: page, members: members, epoch: epoch) { return }
                 backoff = .milliseconds(50)
             } catch {
-                try? await Task.sleep(for: backoff)
+                try? await Task.sleep(for: backoff, clock: .suspending)
                 backoff = min(backoff * 2, .seconds(2))
             }
         }
@@ -163,7 +163,7 @@ extension ChannelHub {
                 } catch {
                     // Reported again on the next change; a node's count also ages out with its heartbeat.
                     background.withLock { _ = $0.dirtyCounts.insert(channel) }
-                    try? await Task.sleep(for: .milliseconds(500))
+                    try? await Task.sleep(for: .milliseconds(500), clock: .suspending)
                 }
             }
         }

@@ -6,7 +6,7 @@ extension MemoryEngine: Broker {
         self.handler.withLock { $0 = handler }
         defer { self.handler.withLock { $0 = nil } }
         while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(1))
+            try? await Task.sleep(for: .seconds(1), clock: .suspending)
             sweepStorage()
         }
     }

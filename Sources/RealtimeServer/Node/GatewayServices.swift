@@ -27,7 +27,7 @@ struct PresenceHeartbeatService: Service {
         let period = Duration.seconds(runtime.configuration.timing.presenceHeartbeatSeconds)
         try? await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
-                try await Task.sleep(for: period)
+                try await Task.sleep(for: period, clock: .suspending)
                 // Members swept meanwhile (after a Redis outage longer than the TTL) are entered
                 // again by the store, with an enter event.
                 var members: [(channel: ChannelName, member: PresenceMember)] = []
@@ -48,7 +48,7 @@ struct KeyRecheckService: Service {
     func run() async throws {
         try? await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
-                try await Task.sleep(for: Self.period)
+                try await Task.sleep(for: Self.period, clock: .suspending)
                 let keyIDs = runtime.registry.keyIDs.subtracting([APIKeyMaterial.bootstrapKeyID])
                 for keyID in keyIDs {
                     // Unreachable: checked again next round; a key record that is gone counts as revoked.
@@ -73,7 +73,7 @@ struct DrainService: Service {
         for session in runtime.registry.all { session.close(code: 1012, reason: "node draining") }
         let deadline = ContinuousClock.now + .seconds(max(1, runtime.configuration.timing.shutdownTimeoutSeconds - 2))
         while runtime.registry.count > 0, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
+            try? await Task.sleep(for: .milliseconds(20), clock: .suspending)
         }
         runtime.logger.info("drained", metadata: ["connections_left": "\(runtime.registry.count)"])
     }

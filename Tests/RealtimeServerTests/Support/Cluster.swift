@@ -92,7 +92,7 @@ final class GatewayProcess: NodeAccess, @unchecked Sendable {
         guard let p = process, isRunning else { return }
         kill(p.processIdentifier, SIGTERM)
         let deadline = ContinuousClock.now + .seconds(15)
-        while isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        while isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20), clock: .suspending) }
         if isRunning { kill9() }
     }
 
@@ -136,6 +136,6 @@ func eventually(_ what: String, timeout: Duration = .seconds(10), _ condition: (
     let deadline = ContinuousClock.now + timeout
     while try await !condition() {
         guard ContinuousClock.now < deadline else { throw TestSocket.Timeout(what: what) }
-        try await Task.sleep(for: .milliseconds(20))
+        try await Task.sleep(for: .milliseconds(20), clock: .suspending)
     }
 }

@@ -83,7 +83,7 @@ struct RawPeer {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if let found = Self.frames(received.bytes.withLock { $0 }).first(where: { $0.opcode == opcode }) { return found.payload }
-            try await Task.sleep(for: .milliseconds(5))
+            try await Task.sleep(for: .milliseconds(5), clock: .suspending)
         }
         return nil
     }
@@ -95,7 +95,7 @@ struct RawPeer {
         while true {
             let parsed = Self.parse(received.bytes.withLock { $0 })
             if parsed.closeCode != nil || ContinuousClock.now >= deadline || received.closed.load(ordering: .relaxed) { return parsed }
-            try await Task.sleep(for: .milliseconds(10))
+            try await Task.sleep(for: .milliseconds(10), clock: .suspending)
         }
     }
 
@@ -104,7 +104,7 @@ struct RawPeer {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if let first = Self.parse(received.bytes.withLock { $0 }).texts.first { return first }
-            try await Task.sleep(for: .milliseconds(5))
+            try await Task.sleep(for: .milliseconds(5), clock: .suspending)
         }
         return nil
     }

@@ -150,7 +150,7 @@ extension NodeAccess {
         let deadline = ContinuousClock.now + timeout
         while try await !condition() {
             guard ContinuousClock.now < deadline else { throw TestSocket.Timeout(what: what) }
-            try await Task.sleep(for: .milliseconds(20))
+            try await Task.sleep(for: .milliseconds(20), clock: .suspending)
         }
     }
 }

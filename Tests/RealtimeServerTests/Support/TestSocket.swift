@@ -55,7 +55,7 @@ final class TestSocket: Sendable {
                     }
                     var iterator = inbound.messages(maxSize: 1 << 24).makeAsyncIterator()
                     while true {
-                        while socket.paused.load(ordering: .relaxed) { try await Task.sleep(for: .milliseconds(10)) }
+                        while socket.paused.load(ordering: .relaxed) { try await Task.sleep(for: .milliseconds(10), clock: .suspending) }
                         guard let message = try await iterator.next() else { break }
                         if case .text(let text) = message {
                             // RealtimeCore's parser: JSONDecoder probes types by throwing, and Swift Testing
@@ -105,7 +105,7 @@ final class TestSocket: Sendable {
             guard ContinuousClock.now < deadline else {
                 throw Timeout(what: "a frame (upgraded: \(inbox.withLock { $0.upgraded }))")
             }
-            try await Task.sleep(for: .milliseconds(2))
+            try await Task.sleep(for: .milliseconds(2), clock: .suspending)
         }
     }
 
@@ -136,7 +136,7 @@ final class TestSocket: Sendable {
             let (ended, code) = inbox.withLock { ($0.ended, $0.closeCode) }
             if ended { return code }
             guard ContinuousClock.now < deadline else { throw Timeout(what: "the connection to close") }
-            try await Task.sleep(for: .milliseconds(5))
+            try await Task.sleep(for: .milliseconds(5), clock: .suspending)
         }
     }
 
