@@ -349,7 +349,9 @@ export class RealtimeChannel extends Emitter {
    */
   publish(event, data, options = {}) {
     const fields = { channel: this.name, event, data, idempotency_key: options.idempotencyKey ?? newIdempotencyKey() };
-    return withRetries(() => this.client.request("publish", fields), options.retry);
+    // Each attempt waits for a connection first, so a retry after a lost one goes out once the
+    // client has reconnected.
+    return withRetries(() => this._whenConnected(() => this.client.request("publish", fields)), options.retry);
   }
 
   /** Enters presence (entered again after a reconnect). */

@@ -306,3 +306,34 @@ def test_a_browser_publish_whose_reply_is_lost_is_retried_with_its_own_key_and_a
         assert len(history) == 1 and history[0]["id"] == result["sent"]["message_id"]
     finally:
         page.close()
+
+
+def test_a_browser_publish_whose_connection_closes_before_the_reply_is_applied_once(gateway):
+    """The reply to the first publish is dropped and the socket closed as it arrives: the client
+    reconnects and retries with its own key, and the message exists once."""
+    rest = Realtime(url=gateway, api_key=KEY)
+    token = rest.token.issue(client_id="closer", capabilities={"close-demo": ["*"]})["token"]
+    page = Page(gateway + "/console")
+    try:
+        page.wait_loaded()
+        result = page.evaluate(f"""(async () => {{
+            const {{ RealtimeClient }} = await import('/v1/realtime/client.js');
+            const client = new RealtimeClient({{ token: {json.dumps(token)}, minRetryMs: 50, maxRetryMs: 200,
+                                                 url: location.origin.replace('http', 'ws') + '/v1/realtime/ws' }});
+            await client.ready();
+            const frame = client._frame.bind(client);
+            let dropped = 0;
+            client._frame = (text) => {{
+                if (!dropped && text.includes('"message_id"')) {{ dropped++; client._ws.close(); return; }}
+                frame(text);
+            }};
+            const sent = await client.channel('close-demo').publish('e', {{ n: 1 }}, {{ retry: {{ baseDelayMs: 50, attempts: 10 }} }});
+            client.close();
+            return {{ sent, dropped }};
+        }})()""")
+        assert result["dropped"] == 1
+        assert result["sent"]["status"] == "duplicate"
+        history = rest.history("close-demo")["messages"]
+        assert len(history) == 1 and history[0]["id"] == result["sent"]["message_id"]
+    finally:
+        page.close()
