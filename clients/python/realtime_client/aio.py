@@ -20,7 +20,7 @@ import httpx
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
-from .client import RealtimeError, _drop_none, _new_key, _quote
+from .client import RealtimeError, _drop_none, _new_key, _query, _quote
 
 #: Codes retried with the same idempotency key: nothing was published, outcome unknown, rate limited.
 RETRYABLE = (50300, 50400, 42900)
@@ -520,11 +520,6 @@ class Channel:
 def _seconds(frame):
     ms = frame.get("retry_after_ms")
     return ms / 1000 if ms is not None else None
-
-
-def _query(**kw):
-    kw = _drop_none(**kw)
-    return "?" + urllib.parse.urlencode(kw) if kw else ""
 
 
 def _ws_url(base):

@@ -6,6 +6,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -186,7 +187,6 @@ class LosingProxy:
     before any byte of the answer comes back (a reply lost on the way). Everything else passes."""
 
     def __init__(self, target_url, marker):
-        import threading
         host, port = target_url.split("//", 1)[1].split(":")
         self.target = (host, int(port))
         self.marker = marker.encode()
@@ -199,7 +199,6 @@ class LosingProxy:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
-        import threading
         while True:
             try:
                 client, _ = self.listener.accept()
@@ -208,7 +207,6 @@ class LosingProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client):
-        import threading
         upstream = socket.create_connection(self.target)
         losing = threading.Event()
 

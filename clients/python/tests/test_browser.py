@@ -276,6 +276,12 @@ def test_the_browser_client_never_retries_after_close_4003(gateway):
         server.close()
 
 
+def assert_applied_once(rest, channel, sent):
+    """The channel holds exactly the one message a retried publish reported."""
+    history = rest.history(channel)["messages"]
+    assert len(history) == 1 and history[0]["id"] == sent["message_id"]
+
+
 def test_a_browser_publish_whose_reply_is_lost_is_retried_with_its_own_key_and_applied_once(gateway):
     rest = Realtime(url=gateway, api_key=KEY)
     token = rest.token.issue(client_id="retrier", capabilities={"retry-demo": ["*"]})["token"]
@@ -302,8 +308,7 @@ def test_a_browser_publish_whose_reply_is_lost_is_retried_with_its_own_key_and_a
         }})()""")
         assert result["attempts"] == 2
         assert result["sent"]["status"] == "duplicate"
-        history = rest.history("retry-demo")["messages"]
-        assert len(history) == 1 and history[0]["id"] == result["sent"]["message_id"]
+        assert_applied_once(rest, "retry-demo", result["sent"])
     finally:
         page.close()
 
@@ -333,7 +338,6 @@ def test_a_browser_publish_whose_connection_closes_before_the_reply_is_applied_o
         }})()""")
         assert result["dropped"] == 1
         assert result["sent"]["status"] == "duplicate"
-        history = rest.history("close-demo")["messages"]
-        assert len(history) == 1 and history[0]["id"] == result["sent"]["message_id"]
+        assert_applied_once(rest, "close-demo", result["sent"])
     finally:
         page.close()
