@@ -118,6 +118,7 @@ let package = Package(
             dependencies: [
                 "RealtimeServer",
                 "RealtimeRedis",
+                "RedisClient",
                 "RealtimeCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -130,6 +131,7 @@ let package = Package(
             name: "realtimectl",
             dependencies: [
                 "RedisClient",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

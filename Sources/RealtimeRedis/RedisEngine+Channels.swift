@@ -8,7 +8,7 @@ extension RedisEngine: ChannelStore {
         let c = settings.name
         let reply = try await call(write: true) {
             try await redis.evaluate(
-                RedisScripts.createChannel, keys: [keys.meta(c)],
+                scripts.createChannel, keys: [keys.meta(c)],
                 arguments: [settings.type.rawValue, String(settings.historySize), String(settings.historyTTLSeconds), String(settings.createdAt)]
                     .map { ByteBuffer(string: $0) })
         }
@@ -57,7 +57,7 @@ extension RedisEngine: ChannelStore {
         guard !known.isNull || meta.int == 1 else { return false }
         _ = try await call(write: true) {
             try await redis.evaluate(
-                RedisScripts.deleteChannel,
+                scripts.deleteChannel,
                 keys: [keys.presence(name), keys.presenceExpiry(name), keys.stream(name), keys.meta(name), keys.subscriberCounts(name)],
                 arguments: [ByteBuffer(string: keys.pubsub(name))])
         }
@@ -88,7 +88,7 @@ extension RedisEngine: ChannelStore {
             if let node = pairs[i].string, liveNodes.contains(node) { subscribers += Int(pairs[i + 1].int ?? 0) }
             i += 2
         }
-        let present = try await call { try await redis.evaluate(RedisScripts.members, keys: [keys.presence(name), keys.presenceExpiry(name)], arguments: [ByteBuffer(string: presenceNow)]) }
+        let present = try await call { try await redis.evaluate(scripts.members, keys: [keys.presence(name), keys.presenceExpiry(name)], arguments: [ByteBuffer(string: presenceNow)]) }
         let newest = try await call { try await redis.send(["XREVRANGE", keys.stream(name), "+", "-", "COUNT", "1"]) }
         let last = newest.array?.first?.array?.first?.string.flatMap { MessageID($0) }
         return ChannelStats(subscribers: subscribers, presenceMembers: present.array?.count ?? 0, lastMessageID: last)
@@ -141,7 +141,7 @@ extension RedisEngine: KeyStore {
         guard var record = try await key(id: id), !record.revoked else { return false }
         record.revoked = true
         try await store(record)
-        _ = try await call(write: true) { try await redis.send(["PUBLISH", keys.control, "k\n" + id]) }
+        _ = try await call(write: true) { try await redis.send([keys.publishCommand, keys.control, "k\n" + id]) }
         return true
     }
 }

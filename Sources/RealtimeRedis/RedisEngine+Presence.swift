@@ -14,7 +14,7 @@ extension RedisEngine: PresenceStore {
         }
         let existed = try await call(write: true) {
             try await redis.evaluate(
-                RedisScripts.enter, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
+                scripts.enter, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
                 arguments: [member.connectionID, member.json, presenceTTLMilliseconds, keys.pubsub(channel), presenceNow].map { ByteBuffer(string: $0) })
         }
         if existed.int == 0 {
@@ -28,7 +28,7 @@ extension RedisEngine: PresenceStore {
     public func leave(_ channel: ChannelName, connectionID: String) async throws -> Bool {
         let left = try await call(write: true) {
             try await redis.evaluate(
-                RedisScripts.leave, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
+                scripts.leave, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
                 arguments: [connectionID, keys.pubsub(channel)].map { ByteBuffer(string: $0) })
         }
         return left.int == 1
@@ -37,7 +37,7 @@ extension RedisEngine: PresenceStore {
     public func members(_ channel: ChannelName) async throws -> [PresenceMember] {
         let reply = try await call {
             try await redis.evaluate(
-                RedisScripts.members, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
+                scripts.members, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
                 arguments: [ByteBuffer(string: presenceNow)])
         }
         let members = (reply.array ?? []).compactMap { value -> PresenceMember? in
@@ -57,7 +57,7 @@ extension RedisEngine: PresenceStore {
                         var arguments = [self.presenceTTLMilliseconds, self.keys.pubsub(channel), now]
                         for entry in entries { arguments += [entry.member.connectionID, entry.member.json] }
                         let reply = try await self.redis.evaluate(
-                            RedisScripts.refresh, keys: [self.keys.presence(channel), self.keys.presenceExpiry(channel)],
+                            self.scripts.refresh, keys: [self.keys.presence(channel), self.keys.presenceExpiry(channel)],
                             arguments: arguments.map { ByteBuffer(string: $0) })
                         // Keep the channel findable by every node's sweeper.
                         _ = try await self.redis.send(["SADD", self.keys.presenceChannels, channel.rawValue])
@@ -92,7 +92,7 @@ extension RedisEngine: PresenceStore {
             let channel = ChannelName(trusted: name)
             let reply = try await call(write: true) {
                 try await redis.evaluate(
-                    RedisScripts.sweep, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
+                    scripts.sweep, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
                     arguments: [now, keys.pubsub(channel)].map { ByteBuffer(string: $0) })
             }
             removed += Int(reply.array?.first?.int ?? 0)

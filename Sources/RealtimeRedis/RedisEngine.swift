@@ -12,9 +12,11 @@ import Synchronization
 /// node's hub owns counts, merges and the last delivered id.
 public final class RedisEngine: Sendable {
     public let configuration: EngineConfiguration
-    let redis: RedisCommandClient
-    let subscriber: RedisSubscriber
+    let deployment: RedisDeployment
+    let redis: any RedisCommandSending
+    let subscriber: any RedisPubSub
     let keys: RedisKeys
+    let scripts: RedisScripts
     let nodeID: String
     /// Nil in production: presence expiry then runs on Redis `TIME`, one clock for the whole
     /// cluster. Tests inject a clock they can move.
@@ -37,11 +39,13 @@ public final class RedisEngine: Sendable {
         clock: any RealtimeClock = SystemClock(), presenceClock: (any RealtimeClock)? = nil,
         logger: Logger = Logger(label: "realtime.redis")
     ) throws {
-        let redisConfig = try RedisConfiguration(url: url)
+        let deployment = try RedisDeployment(url: url, logger: logger)
+        self.deployment = deployment
         self.configuration = configuration
-        self.redis = RedisCommandClient(configuration: redisConfig)
-        self.subscriber = RedisSubscriber(configuration: redisConfig, logger: logger)
-        self.keys = RedisKeys(prefix: keyPrefix)
+        self.redis = deployment.commands
+        self.subscriber = deployment.pubsub
+        self.keys = RedisKeys(prefix: keyPrefix, clustered: deployment.sharded)
+        self.scripts = RedisScripts(sharded: deployment.sharded)
         self.nodeID = nodeID
         self.clock = clock
         self.presenceClock = presenceClock
@@ -105,6 +109,7 @@ extension RedisEngine: Broker {
                     onInterrupted: { handler(.interrupted) },
                     onRestored: { handler(.restored) })
             }
+            group.addTask { await self.deployment.run() }
             group.addTask {
                 // Node-wide events; retried until the connection is up.
                 while !Task.isCancelled {
@@ -145,7 +150,7 @@ extension RedisEngine: Broker {
         let window = request.idempotencyKey == nil ? "" : String(Int64(configuration.idempotencyWindowSeconds).multipliedReportingOverflow(by: 1000).partialValue)
         let reply = try await call(write: true) {
             try await redis.evaluate(
-                RedisScripts.publish,
+                scripts.publish,
                 keys: [keys.stream(c), request.idempotencyKey.map { keys.idempotency(c, $0) } ?? keys.stream(c), keys.meta(c)],
                 arguments: [
                     request.event, request.data, request.clientID ?? "", String(max(defaults.historySize, 0)),
@@ -176,7 +181,7 @@ extension RedisEngine: Broker {
         let limit = max(limit, 1)
         let reply = try await call {
             try await redis.evaluate(
-                RedisScripts.replay, keys: [keys.stream(channel), keys.meta(channel)],
+                scripts.replay, keys: [keys.stream(channel), keys.meta(channel)],
                 arguments: [position.description, String(limit + 1)].map { ByteBuffer(string: $0) })
         }
         guard let parts = reply.array, parts.count == 2, let gone = parts[0].string.flatMap({ MessageID($0) }) else {
@@ -191,7 +196,7 @@ extension RedisEngine: Broker {
         let nonce = nodeID + "-" + RandomID.hex(bytes: 6)
         probes.withLock { $0[nonce] = false }
         defer { probes.withLock { _ = $0.removeValue(forKey: nonce) } }
-        try await call { _ = try await redis.send(["PUBLISH", keys.control, "r\n" + nonce]) }
+        try await call { _ = try await redis.send([keys.publishCommand, keys.control, "r\n" + nonce]) }
         let deadline = ContinuousClock.now + .seconds(2)
         while ContinuousClock.now < deadline {
             if probes.withLock({ $0[nonce] == true }) { return }

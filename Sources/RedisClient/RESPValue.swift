@@ -59,6 +59,8 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The reply stream was not valid RESP.
     case protocolError(String)
     case invalidURL(String)
+    /// A cluster command whose keys are in different slots: refused before it was sent.
+    case crossSlot(String)
 
     public var description: String {
         switch self {
@@ -68,6 +70,7 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
         case .timeout: return "redis command timed out"
         case .protocolError(let m): return "redis protocol error: \(m)"
         case .invalidURL(let m): return "invalid redis URL: \(m)"
+        case .crossSlot(let m): return "redis cluster: \(m)"
         }
     }
 }

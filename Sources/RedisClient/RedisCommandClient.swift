@@ -4,13 +4,37 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
+/// What the engine needs from Redis, whatever the deployment: one server, a cluster (routed by
+/// each command's key) or a Sentinel-managed primary.
+public protocol RedisCommandSending: Sendable {
+    /// Sends one command; an error reply throws `RedisError.server`.
+    @discardableResult
+    func send(buffers: [ByteBuffer]) async throws -> RESPValue
+    /// Runs a Lua script by SHA, loading it on `NOSCRIPT`. All `keys` must share one slot.
+    func evaluate(_ script: RedisScript, keys: [String], arguments: [ByteBuffer]) async throws -> RESPValue
+    func close()
+}
+
+extension RedisCommandSending {
+    @discardableResult
+    public func send(_ arguments: [String]) async throws -> RESPValue {
+        try await send(buffers: arguments.map { ByteBuffer(string: $0) })
+    }
+}
+
 /// Commands over a small pool of pipelined connections, reconnecting with backoff.
 ///
 /// While Redis is unreachable, commands fail fast with `RedisError.connection` (no queueing), so
 /// callers can answer "unavailable" at once; a new connection is tried after a backoff that
 /// grows from 50 ms to 2 s.
-public final class RedisCommandClient: Sendable {
+public final class RedisCommandClient: RedisCommandSending {
     public let configuration: RedisConfiguration
+    /// Where to connect, asked at each new connection (Sentinel: the current primary); nil
+    /// means `configuration` as it is.
+    let resolve: (@Sendable () async throws -> RedisConfiguration)?
+    /// Whether a new connection must find a primary (`ROLE`), so that a demoted server is
+    /// never written to (Sentinel).
+    let requirePrimary: Bool
     let group: any EventLoopGroup
     let slots: [Slot]
     let next = Atomic<Int>(0)
@@ -29,32 +53,49 @@ public final class RedisCommandClient: Sendable {
         let guarded = Mutex(Guarded())
     }
 
-    public init(configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+    public init(
+        configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        requirePrimary: Bool = false, resolve: (@Sendable () async throws -> RedisConfiguration)? = nil
+    ) {
         self.configuration = configuration
+        self.resolve = resolve
+        self.requirePrimary = requirePrimary
         self.group = group
         self.slots = (0..<max(1, configuration.poolSize)).map { _ in Slot() }
     }
 
     /// Sends a command on the next connection of the pool.
     @discardableResult
-    public func send(_ arguments: [String]) async throws -> RESPValue {
-        try await connection().send(arguments)
-    }
-
-    @discardableResult
     public func send(buffers: [ByteBuffer]) async throws -> RESPValue {
-        try await connection().send(buffers: buffers)
+        try await demotionChecked { try await connection().send(buffers: buffers) }
     }
 
     /// Runs a Lua script by SHA, loading it on `NOSCRIPT` (after a Redis restart, say).
     public func evaluate(_ script: RedisScript, keys: [String], arguments: [ByteBuffer]) async throws -> RESPValue {
-        let connection = try await connection()
-        let tail = [ByteBuffer(string: String(keys.count))] + keys.map { ByteBuffer(string: $0) } + arguments
+        try await demotionChecked { try await connection().evaluate(script, keys: keys, arguments: arguments) }
+    }
+
+    /// A `READONLY` reply means the server was demoted to a replica (a failover): the write was
+    /// refused, so nothing happened; the pool reconnects to whatever `resolve` names now.
+    private func demotionChecked(_ body: () async throws -> RESPValue) async throws -> RESPValue {
         do {
-            return try await connection.send(buffers: [ByteBuffer(string: "EVALSHA"), ByteBuffer(string: script.sha1)] + tail)
-        } catch RedisError.server(let message) where message.hasPrefix("NOSCRIPT") {
-            try await connection.send(["SCRIPT", "LOAD", script.source])
-            return try await connection.send(buffers: [ByteBuffer(string: "EVALSHA"), ByteBuffer(string: script.sha1)] + tail)
+            return try await body()
+        } catch RedisError.server(let message) where message.hasPrefix("READONLY") {
+            resetConnections()
+            throw RedisError.connection("the server is no longer a primary: \(message)")
+        }
+    }
+
+    /// Closes every pooled connection; the next commands connect afresh (to a new primary, say).
+    public func resetConnections() {
+        for slot in slots {
+            slot.guarded.withLock { g in
+                if case .connected(let c) = g.state {
+                    c.close()
+                    g.state = .idle
+                }
+                g.retryAt = ContinuousClock.now
+            }
         }
     }
 
@@ -91,7 +132,14 @@ public final class RedisCommandClient: Sendable {
             }
         case .connect:
             do {
-                let c = try await RedisConnection.connect(configuration, group: group)
+                let c = try await RedisConnection.connect(try await resolve?() ?? configuration, group: group)
+                if requirePrimary {
+                    let role = try? await c.send(["ROLE"])
+                    guard role?.array?.first?.string == "master" else {
+                        c.close()
+                        throw RedisError.connection("\(configuration.host):\(configuration.port) is not a primary")
+                    }
+                }
                 let waiters = slot.guarded.withLock { g -> [CheckedContinuation<RedisConnection, any Error>] in
                     guard case .connecting(let w) = g.state else { return [] }
                     g.state = .connected(c)

@@ -90,3 +90,83 @@ public struct RedisConfiguration: Sendable, Equatable {
         if let connectTimeout { self.connectTimeout = connectTimeout }
     }
 }
+
+/// Which Redis deployment a URL names (contract §10):
+/// - `redis://` / `rediss://`: one server;
+/// - `redis+cluster://h1:p1,h2:p2[,…]` / `rediss+cluster://…`: a Redis Cluster, given by any of
+///   its nodes (no database number: a cluster has only database 0);
+/// - `redis+sentinel://s1:p1,s2:p2[,…]/<master-name>[/db]` / `rediss+sentinel://…`: the primary
+///   that Redis Sentinel names, followed across failovers. TLS (`rediss+`) then covers the
+///   sentinels and the data nodes alike.
+///
+/// Credentials, `tls_ca_file`, `command_timeout_ms` and `connect_timeout_ms` apply to every node.
+/// `sentinel_password=` (sentinel form only) authenticates to the sentinels when they have a
+/// password of their own.
+public enum RedisTopology: Sendable, Equatable {
+    case single(RedisConfiguration)
+    /// `template` holds credentials, TLS and timeouts; its host and port are the first seed's.
+    case cluster(seeds: [ClusterNodeAddress], template: RedisConfiguration)
+    case sentinel(sentinels: [ClusterNodeAddress], masterName: String, template: RedisConfiguration, sentinelPassword: String?)
+
+    public init(url: String) throws(RedisError) {
+        let schemes: [(String, String, Bool)] = [
+            ("redis+cluster://", "redis://", false), ("rediss+cluster://", "rediss://", true),
+            ("redis+sentinel://", "redis://", false), ("rediss+sentinel://", "rediss://", true),
+        ]
+        guard let (scheme, plain, _) = schemes.first(where: { url.hasPrefix($0.0) }) else {
+            guard url.hasPrefix("redis://") || url.hasPrefix("rediss://") else {
+                throw .invalidURL("must start with redis://, rediss://, redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://")
+            }
+            self = .single(try RedisConfiguration(url: url))
+            return
+        }
+        var rest = Substring(url.dropFirst(scheme.count))
+        var query = ""
+        if let q = rest.firstIndex(of: "?") {
+            query = String(rest[q...])
+            rest = rest[..<q]
+        }
+        var sentinelPassword: String?
+        if query.contains("sentinel_password=") {
+            guard scheme.contains("sentinel") else { throw .invalidURL("sentinel_password is for redis+sentinel:// URLs") }
+            var kept: [Substring] = []
+            for pair in query.dropFirst().split(separator: "&") {
+                if pair.hasPrefix("sentinel_password=") { sentinelPassword = String(pair.dropFirst("sentinel_password=".count)) } else { kept.append(pair) }
+            }
+            query = kept.isEmpty ? "" : "?" + kept.joined(separator: "&")
+        }
+        var auth = ""
+        if let at = rest.lastIndex(of: "@") {
+            auth = String(rest[...at])
+            rest = rest[rest.index(after: at)...]
+        }
+        let hostList: Substring
+        var path: [Substring] = []
+        if let slash = rest.firstIndex(of: "/") {
+            hostList = rest[..<slash]
+            path = rest[rest.index(after: slash)...].split(separator: "/", omittingEmptySubsequences: false)
+        } else {
+            hostList = rest
+        }
+        let hosts = hostList.split(separator: ",", omittingEmptySubsequences: false)
+        guard !hosts.isEmpty, hosts.allSatisfy({ !$0.isEmpty }) else { throw .invalidURL("list at least one host:port, separated by commas") }
+        // Each host parses as a one-server URL with the shared credentials and options.
+        var configurations: [RedisConfiguration] = []
+        for host in hosts {
+            configurations.append(try RedisConfiguration(url: plain + auth + host + query))
+        }
+        let addresses = configurations.map { ClusterNodeAddress(host: $0.host, port: $0.port) }
+        if scheme.contains("cluster") {
+            guard path.allSatisfy(\.isEmpty) else { throw .invalidURL("a cluster URL takes no path: Redis Cluster has only database 0") }
+            self = .cluster(seeds: addresses, template: configurations[0])
+        } else {
+            guard let name = path.first, !name.isEmpty, path.count <= 2 else { throw .invalidURL("a sentinel URL ends with /<master-name>[/db]") }
+            var template = configurations[0]
+            if path.count == 2, !path[1].isEmpty {
+                guard let db = Int(path[1]), db >= 0 else { throw .invalidURL("database must be a number") }
+                template.database = db
+            }
+            self = .sentinel(sentinels: addresses, masterName: String(name), template: template, sentinelPassword: sentinelPassword)
+        }
+    }
+}

@@ -8,6 +8,9 @@ import Synchronization
 struct RedisRequest {
     var bytes: ByteBuffer
     var promise: EventLoopPromise<RESPValue>
+    /// A `SUNSUBSCRIBE`: its reply looks like the push a cluster node sends on its own when the
+    /// channel's slot moves away, and only this tells the two apart.
+    var shardUnsubscribe = false
 }
 
 /// RESP over one channel: hiredis decodes, replies complete requests in FIFO order (which is
@@ -21,7 +24,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let reader = RESPReader()
-    private var pending = Deque<(promise: EventLoopPromise<RESPValue>, deadline: NIODeadline)>()
+    private var pending = Deque<(promise: EventLoopPromise<RESPValue>, deadline: NIODeadline, shardUnsubscribe: Bool)>()
     private let onPush: (@Sendable (ByteBuffer, ByteBuffer) -> Void)?
     private let commandTimeout: TimeAmount
     private var context: ChannelHandlerContext?
@@ -58,7 +61,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
             request.promise.fail(RedisError.connection("connection closed"))
             return
         }
-        pending.append((request.promise, .now() + commandTimeout))
+        pending.append((request.promise, .now() + commandTimeout, request.shardUnsubscribe))
         context.write(wrapOutboundOut(request.bytes), promise: nil)
         guard !flushScheduled, let bound else { return }
         flushScheduled = true
@@ -83,11 +86,18 @@ final class RedisChannelHandler: ChannelInboundHandler {
             try reader.feed(unwrapInboundIn(data))
             while let value = try reader.next() {
                 if let onPush, case .array(let items) = value, items.count == 3, case .bulkString(let kind) = items[0],
-                    kind.readableBytes == 7, String(buffer: kind) == "message",
-                    case .bulkString(let channel) = items[1], case .bulkString(let payload) = items[2]
+                    kind.readableBytes == 7 || kind.readableBytes == 8
                 {
-                    onPush(channel, payload)
-                    continue
+                    let name = String(buffer: kind)
+                    if name == "message" || name == "smessage", case .bulkString(let channel) = items[1], case .bulkString(let payload) = items[2] {
+                        onPush(channel, payload)
+                        continue
+                    }
+                    if name == "sunsubscribe", pending.first?.shardUnsubscribe != true {
+                        // The node gave the channel's slot away (a migration or a failover):
+                        // the connection's subscriptions are no longer whole.
+                        throw RedisError.connectionLost("the server ended a sharded subscription (its slot moved)")
+                    }
                 }
                 guard let request = pending.popFirst() else {
                     throw RedisError.protocolError("reply without a request")
@@ -188,20 +198,54 @@ public final class RedisConnection: Sendable {
         return value
     }
 
+    /// Runs a script by SHA, loading it on `NOSCRIPT`. `asking` sends `ASKING` ahead of each
+    /// attempt (a cluster slot being imported by this node).
+    public func evaluate(_ script: RedisScript, keys: [String], arguments: [ByteBuffer], asking: Bool = false) async throws -> RESPValue {
+        let tail = [ByteBuffer(string: String(keys.count))] + keys.map { ByteBuffer(string: $0) } + arguments
+        let command = [ByteBuffer(string: "EVALSHA"), ByteBuffer(string: script.sha1)] + tail
+        do {
+            return try await send(buffers: command, asking: asking)
+        } catch RedisError.server(let message) where message.hasPrefix("NOSCRIPT") {
+            try await send(["SCRIPT", "LOAD", script.source])
+            return try await send(buffers: command, asking: asking)
+        }
+    }
+
+    /// Sends `ASKING` (when asked) and the command back to back, so nothing comes between them
+    /// on this connection.
+    public func send(buffers arguments: [ByteBuffer], asking: Bool) async throws -> RESPValue {
+        guard asking else { return try await send(buffers: arguments) }
+        var bytes = channel.allocator.buffer(capacity: 64)
+        RESPEncoder.encode([ByteBuffer(string: "ASKING")], into: &bytes)
+        var command = channel.allocator.buffer(capacity: 64)
+        RESPEncoder.encode(arguments, into: &command)
+        let replies = enqueue([bytes, command])
+        _ = try? await replies[0].get()
+        let value = try await replies[1].get()
+        if case .error(let message) = value { throw RedisError.server(message) }
+        return value
+    }
+
     /// Queues the command (in call order) and returns the future of its reply. A command not
     /// answered within the timeout closes the connection, failing it and everything behind it.
     func sendFuture(_ arguments: [ByteBuffer]) -> EventLoopFuture<RESPValue> {
         var bytes = channel.allocator.buffer(capacity: 64)
         RESPEncoder.encode(arguments, into: &bytes)
+        let unsubscribe = arguments.first.map { $0.readableBytes == 12 && String(buffer: $0).uppercased() == "SUNSUBSCRIBE" } ?? false
+        return enqueue([bytes], shardUnsubscribe: unsubscribe)[0]
+    }
+
+    /// Queues encoded commands together: nothing another task sends comes between them.
+    private func enqueue(_ commands: [ByteBuffer], shardUnsubscribe: Bool = false) -> [EventLoopFuture<RESPValue>] {
         let loop = channel.eventLoop
-        let request = RedisRequest(bytes: bytes, promise: loop.makePromise(of: RESPValue.self))
+        let requests = commands.map { RedisRequest(bytes: $0, promise: loop.makePromise(of: RESPValue.self), shardUnsubscribe: shardUnsubscribe) }
         if loop.inEventLoop {
-            handler.value.send(request)
+            for request in requests { handler.value.send(request) }
         } else {
             let handler = self.handler
-            loop.execute { handler.value.send(request) }
+            loop.execute { for request in requests { handler.value.send(request) } }
         }
-        return request.promise.futureResult
+        return requests.map(\.promise.futureResult)
     }
 }
 

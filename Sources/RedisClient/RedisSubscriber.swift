@@ -12,6 +12,10 @@ import Synchronization
 /// every channel of the set is subscribed again.
 public final class RedisSubscriber: Sendable {
     public let configuration: RedisConfiguration
+    /// `SSUBSCRIBE`/`SUNSUBSCRIBE` (a cluster shard's channels) instead of `SUBSCRIBE`/`UNSUBSCRIBE`.
+    public let sharded: Bool
+    /// Where to connect, asked at each (re)connection (Sentinel: the current primary).
+    let resolve: (@Sendable () async throws -> RedisConfiguration)?
     let group: any EventLoopGroup
     let logger: Logger
     let state = Mutex(State())
@@ -24,8 +28,13 @@ public final class RedisSubscriber: Sendable {
         var onMessage: (@Sendable (String, ByteBuffer) -> Void)?
     }
 
-    public init(configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
+    public init(
+        configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+        sharded: Bool = false, resolve: (@Sendable () async throws -> RedisConfiguration)? = nil
+    ) {
         self.configuration = configuration
+        self.sharded = sharded
+        self.resolve = resolve
         self.group = group
         self.logger = logger
     }
@@ -51,7 +60,7 @@ public final class RedisSubscriber: Sendable {
         var everConnected = false
         while !Task.isCancelled {
             do {
-                let connection = try await RedisConnection.connect(configuration, group: group) { [weak self] channel, payload in
+                let connection = try await RedisConnection.connect(try await resolve?() ?? configuration, group: group) { [weak self] channel, payload in
                     guard let self else { return }
                     let handler = self.state.withLock { $0.onMessage }
                     handler?(String(buffer: channel), payload)
@@ -70,7 +79,7 @@ public final class RedisSubscriber: Sendable {
                         if published { break }
                         continue
                     }
-                    for channel in missing { try await connection.send(["SUBSCRIBE", channel]) }
+                    for channel in missing { try await connection.send([subscribeCommand, channel]) }
                     done.formUnion(missing)
                 }
                 lastPong.store(Self.nowNanos(), ordering: .relaxed)
@@ -111,7 +120,7 @@ public final class RedisSubscriber: Sendable {
         let future = state.withLock { s -> EventLoopFuture<RESPValue>? in
             s.channels.insert(channel)
             guard let c = s.connection, c.isActive else { return nil }
-            return c.sendFuture([ByteBuffer(string: "SUBSCRIBE"), ByteBuffer(string: channel)])
+            return c.sendFuture([ByteBuffer(string: subscribeCommand), ByteBuffer(string: channel)])
         }
         do {
             if let future {
@@ -130,9 +139,16 @@ public final class RedisSubscriber: Sendable {
     public func unsubscribe(_ channel: String) async {
         let future = state.withLock { s -> EventLoopFuture<RESPValue>? in
             guard s.channels.remove(channel) != nil, let c = s.connection, c.isActive else { return nil }
-            return c.sendFuture([ByteBuffer(string: "UNSUBSCRIBE"), ByteBuffer(string: channel)])
+            return c.sendFuture([ByteBuffer(string: sharded ? "SUNSUBSCRIBE" : "UNSUBSCRIBE"), ByteBuffer(string: channel)])
         }
         _ = try? await future?.get()
+    }
+
+    var subscribeCommand: String { sharded ? "SSUBSCRIBE" : "SUBSCRIBE" }
+
+    /// Closes the connection now (its server was demoted, say); `run` connects again at once.
+    public func reconnect() {
+        state.withLock { $0.connection?.close() }
     }
 
     /// Channels in the set.

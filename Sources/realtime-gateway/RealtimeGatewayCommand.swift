@@ -5,6 +5,7 @@ import Metrics
 import Prometheus
 import RealtimeCore
 import RealtimeRedis
+import RedisClient
 import RealtimeServer
 
 /// `realtime-gateway`: configuration -> engine -> server. Every setting is an environment
@@ -43,9 +44,13 @@ struct RealtimeGatewayCommand: AsyncParsableCommand {
         if let url = configuration.redisURL {
             var logger = Logger(label: "realtime.redis")
             logger[metadataKey: "node"] = .string(configuration.nodeID)
-            engine = try RedisEngine(
-                url: url, configuration: configuration.engine, keyPrefix: configuration.keyPrefix, nodeID: configuration.nodeID, logger: logger
-            ).engine
+            do {
+                engine = try RedisEngine(
+                    url: url, configuration: configuration.engine, keyPrefix: configuration.keyPrefix, nodeID: configuration.nodeID, logger: logger
+                ).engine
+            } catch let error as RedisError {
+                throw ConfigurationError(setting: "REALTIME_REDIS_URL", problem: "\(error)")
+            }
         }
         let gateway = try await Gateway(configuration: configuration, engine: engine, registry: registry)
         try await withThrowingTaskGroup(of: Void.self) { group in

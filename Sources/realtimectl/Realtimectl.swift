@@ -1,6 +1,7 @@
 import ArgumentParser
 import AsyncHTTPClient
 import Foundation
+import Logging
 import NIOCore
 import NIOHTTP1
 import RedisClient
@@ -180,8 +181,35 @@ struct Status: AsyncParsableCommand {
             healthy = healthy && code == 200
         }
         if let url = redisURL ?? ProcessInfo.processInfo.environment["REALTIME_REDIS_URL"] {
-            let redis = RedisCommandClient(configuration: try RedisConfiguration(url: url))
-            let reply = try await redis.send(["ZRANGE", "\(keyPrefix):nodes", "0", "-1", "WITHSCORES"])
+            var logger = Logger(label: "realtimectl")
+            logger.logLevel = .error
+            let deployment = try RedisDeployment(url: url, logger: logger)
+            defer { deployment.commands.close() }
+            if let cluster = deployment.cluster {
+                // The shards: which primary serves which slots, and its replicas.
+                let map = try await cluster.refresh()
+                print("redis cluster: \(map.primaries.count) shards\(map.coversEverySlot ? "" : "  (slots unserved!)")")
+                for primary in map.primaries {
+                    let ranges = map.ranges.filter { $0.primary == primary }
+                    let slots = ranges.map { "\($0.slots.lowerBound)-\($0.slots.upperBound)" }.joined(separator: ",")
+                    let replicas = Set(ranges.flatMap(\.replicas)).map(\.description).sorted().joined(separator: ", ")
+                    print("  primary \(primary)  slots \(slots)  replicas: \(replicas.isEmpty ? "none" : replicas)")
+                }
+            }
+            if let sentinel = deployment.sentinel {
+                // The sentinels' view: each one's answer for the primary.
+                print("redis sentinel: master \(sentinel.masterName)")
+                for node in sentinel.sentinels {
+                    let one = RedisSentinel(sentinels: [node], masterName: sentinel.masterName, template: sentinel.template, sentinelPassword: sentinel.sentinelPassword, logger: logger)
+                    if let primary = try? await one.primary() {
+                        print("  sentinel \(node): primary \(primary.host):\(primary.port)")
+                    } else {
+                        print("  sentinel \(node): unreachable or no primary")
+                    }
+                }
+            }
+            let global = deployment.sharded ? "\(keyPrefix):{global}" : keyPrefix
+            let reply = try await deployment.commands.send(["ZRANGE", "\(global):nodes", "0", "-1", "WITHSCORES"])
             let items = reply.array ?? []
             let now = Int64(Date().timeIntervalSince1970 * 1000)
             print("nodes:")
@@ -191,7 +219,6 @@ struct Status: AsyncParsableCommand {
                 print("  \(items[i].string ?? "?")  last heartbeat \(Double(age) / 1000) s ago\(age > 15_000 ? "  (stale)" : "")")
                 i += 2
             }
-            redis.close()
         }
         if !healthy { throw ExitCode(1) }
     }

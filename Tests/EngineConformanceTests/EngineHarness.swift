@@ -6,10 +6,14 @@ import RealtimeTestSupport
 import Synchronization
 import Testing
 
-/// The engines the conformance suite runs against. The Redis engine joins this list.
+/// The engines the conformance suite runs against: memory, Redis on one server, on a Redis
+/// Cluster (sharded pub/sub) and behind Sentinel. The cluster and the sentinel setup are shared
+/// by the whole test process (each test has a key prefix of its own).
 enum EngineKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case memory
     case redis
+    case redisCluster
+    case redisSentinel
     var testDescription: String { rawValue }
 }
 
@@ -88,6 +92,14 @@ func withEngine(
         var logger = Logger(label: "test-redis")
         logger.logLevel = .critical
         engine = try RedisEngine(url: s.url, configuration: configuration, nodeID: "test-node", clock: clock, presenceClock: clock, logger: logger).engine
+    case .redisCluster, .redisSentinel:
+        let topology = try await RedisTopologyProcess.shared(kind == .redisCluster ? .cluster : .sentinel)
+        var logger = Logger(label: "test-redis")
+        logger.logLevel = .critical
+        engine = try RedisEngine(
+            url: topology.url, configuration: configuration, keyPrefix: "t" + RandomID.hex(bytes: 4), nodeID: "test-node", clock: clock,
+            presenceClock: clock, logger: logger
+        ).engine
     }
     defer { server?.stop() }
     let recorder = EventRecorder()

@@ -17,7 +17,7 @@ import Testing
     @Test func nativeClusterServesThroughTheLoadBalancerAndStopsCleanly() async throws {
         let runDir = FileManager.default.temporaryDirectory.appendingPathComponent("rt-run-\(UUID().uuidString)").path
         // Below the kernel's ephemeral range, so no other test's free-port pick can collide.
-        let base = try Self.freeBlock(of: 5, in: 20_000..<32_000)
+        let base = try Self.freeBlock(of: 5, in: 26_000..<32_000)
         let env = [
             "RT_BASE_PORT": String(base), "RT_REDIS_PORT": String(base + 4), "RT_RUN_DIR": runDir,
             "RT_GATEWAY_BIN": GatewayProcess.binary.path,

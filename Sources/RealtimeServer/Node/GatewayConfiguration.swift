@@ -190,7 +190,7 @@ extension GatewayConfiguration {
             c.host = v
         },
         int("REALTIME_PORT", "listen port, 0 picks a free one (default 8080)", min: 0, max: 65535, \.port),
-        string("REALTIME_REDIS_URL", "redis://host:port[/db]; unset = memory engine", \.redisURL),
+        string("REALTIME_REDIS_URL", "redis://host:port[/db], redis+cluster://h:p,h:p, redis+sentinel://h:p,h:p/<master>[/db] (rediss… for TLS); unset = memory engine", \.redisURL),
         Setting(variable: "REALTIME_API_KEY", help: "bootstrap API key with all scopes (default: generated, printed once)") { (c: inout GatewayConfiguration, v: String) throws(ConfigurationError) in
             guard v.utf8.count >= 16 else { throw ConfigurationError(setting: "REALTIME_API_KEY", problem: "at least 16 characters") }
             c.apiKey = v
@@ -294,8 +294,11 @@ extension GatewayConfiguration {
             try setting.apply(&config, values[name]!)
         }
         if let url = config.redisURL {
-            guard url.hasPrefix("redis://") || url.hasPrefix("rediss://") else {
-                throw ConfigurationError(setting: "REALTIME_REDIS_URL", problem: "must look like redis://host:port[/db]")
+            let schemes = ["redis://", "rediss://", "redis+cluster://", "rediss+cluster://", "redis+sentinel://", "rediss+sentinel://"]
+            guard schemes.contains(where: { url.hasPrefix($0) }) else {
+                throw ConfigurationError(
+                    setting: "REALTIME_REDIS_URL",
+                    problem: "must look like redis://host:port[/db], redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/<master-name>[/db]")
             }
             guard !config.tokenSecrets.isEmpty else {
                 throw ConfigurationError(setting: "REALTIME_TOKEN_SECRET", problem: "required with the redis engine (all nodes must share it)")

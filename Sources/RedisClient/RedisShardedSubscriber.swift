@@ -1,0 +1,224 @@
+import Logging
+import NIOCore
+import Synchronization
+
+/// What the engine needs from pub/sub, whatever the deployment. The subscribed channels form a
+/// set (not counted); `run` keeps the links up and reports `onInterrupted` when messages may be
+/// missed and `onRestored` once every channel of the set is live again.
+public protocol RedisPubSub: Sendable {
+    func run(
+        onMessage: @escaping @Sendable (String, ByteBuffer) -> Void,
+        onInterrupted: @escaping @Sendable () -> Void,
+        onRestored: @escaping @Sendable () -> Void
+    ) async
+    /// Adds `channel`; returns once Redis confirmed it. Throws (and drops it) when no link
+    /// came up within `wait`.
+    func subscribe(_ channel: String, wait: Duration) async throws
+    func unsubscribe(_ channel: String) async
+}
+
+extension RedisPubSub {
+    public func subscribe(_ channel: String) async throws { try await subscribe(channel, wait: .seconds(2)) }
+}
+
+extension RedisSubscriber: RedisPubSub {}
+
+/// Sharded pub/sub on a Redis Cluster: each channel is `SSUBSCRIBE`d on the primary that serves
+/// its slot, through one ``RedisSubscriber`` (one connection) per primary.
+///
+/// Channels follow their slot: a reconciliation (every second, every 100 ms while a link is
+/// down) compares each channel's shard with the cluster client's slot map and moves the ones
+/// whose slot moved, to a new primary after a failover or to the importing node after a
+/// migration (the old node's `sunsubscribe` push drops that link, which starts it). A shard
+/// left without channels that is down or no longer a primary is stopped.
+///
+/// `onInterrupted` fires when the first link goes down; `onRestored` once every link is up and
+/// every channel is subscribed on its slot's primary again.
+public final class RedisShardedSubscriber: RedisPubSub {
+    let cluster: RedisClusterClient
+    let logger: Logger
+    let state = Mutex(State())
+
+    struct Handlers {
+        var message: @Sendable (String, ByteBuffer) -> Void
+        var interrupted: @Sendable () -> Void
+        var restored: @Sendable () -> Void
+    }
+
+    struct Shard {
+        let subscriber: RedisSubscriber
+        var task: Task<Void, Never>?
+    }
+
+    struct State {
+        var handlers: Handlers?
+        var shards: [ClusterNodeAddress: Shard] = [:]
+        /// The shard each channel is subscribed on (or is being subscribed on).
+        var owner: [String: ClusterNodeAddress] = [:]
+        /// Channels of the set that no shard has confirmed (a subscribe during a move failed).
+        var homeless: Set<String> = []
+        var down: Set<ClusterNodeAddress> = []
+        var interrupted = false
+    }
+
+    public init(cluster: RedisClusterClient, logger: Logger) {
+        self.cluster = cluster
+        self.logger = logger
+    }
+
+    public func run(
+        onMessage: @escaping @Sendable (String, ByteBuffer) -> Void,
+        onInterrupted: @escaping @Sendable () -> Void,
+        onRestored: @escaping @Sendable () -> Void
+    ) async {
+        let pending = state.withLock { s -> [ClusterNodeAddress] in
+            s.handlers = Handlers(message: onMessage, interrupted: onInterrupted, restored: onRestored)
+            return Array(s.shards.keys)
+        }
+        for node in pending { start(node) }
+        while !Task.isCancelled {
+            await reconcile()
+            let troubled = state.withLock { !$0.down.isEmpty || !$0.homeless.isEmpty }
+            try? await Task.sleep(for: troubled ? .milliseconds(100) : .seconds(1), clock: .suspending)
+        }
+        let tasks = state.withLock { s -> [Task<Void, Never>] in
+            s.handlers = nil
+            defer { s.shards = [:] }
+            return s.shards.values.compactMap(\.task)
+        }
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
+    }
+
+    public func subscribe(_ channel: String, wait: Duration) async throws {
+        let map = try await cluster.slotMap().map
+        guard let node = map.primary(forSlot: HashSlot.of(channel)) else { throw RedisError.connection("slot of \(channel) is not served") }
+        let subscriber = state.withLock { s -> RedisSubscriber in
+            s.owner[channel] = node
+            s.homeless.remove(channel)
+            return shard(node, &s)
+        }
+        do {
+            try await subscriber.subscribe(channel, wait: wait)
+        } catch {
+            state.withLock { s in if s.owner[channel] == node { s.owner[channel] = nil } }
+            throw error
+        }
+    }
+
+    public func unsubscribe(_ channel: String) async {
+        let subscriber = state.withLock { s -> RedisSubscriber? in
+            s.homeless.remove(channel)
+            guard let node = s.owner.removeValue(forKey: channel) else { return nil }
+            return s.shards[node]?.subscriber
+        }
+        await subscriber?.unsubscribe(channel)
+    }
+
+    /// The shard subscriber of `node`, made (and started, when `run` is running) on first use.
+    private func shard(_ node: ClusterNodeAddress, _ s: inout State) -> RedisSubscriber {
+        if let shard = s.shards[node] { return shard.subscriber }
+        let subscriber = RedisSubscriber(configuration: cluster.configuration(for: node), group: cluster.group, logger: logger, sharded: true)
+        s.shards[node] = Shard(subscriber: subscriber)
+        if s.handlers != nil {
+            s.shards[node]!.task = launch(node, subscriber)
+        }
+        return subscriber
+    }
+
+    private func start(_ node: ClusterNodeAddress) {
+        state.withLock { s in
+            guard let shard = s.shards[node], shard.task == nil else { return }
+            s.shards[node]!.task = launch(node, shard.subscriber)
+        }
+    }
+
+    private func launch(_ node: ClusterNodeAddress, _ subscriber: RedisSubscriber) -> Task<Void, Never> {
+        Task {
+            await subscriber.run(
+                onMessage: { [weak self] channel, payload in
+                    self?.state.withLock { $0.handlers?.message }?(channel, payload)
+                },
+                onInterrupted: { [weak self] in self?.linkDown(node) },
+                onRestored: { [weak self] in self?.linkUp(node) })
+        }
+    }
+
+    private func linkDown(_ node: ClusterNodeAddress) {
+        let notify = state.withLock { s -> (@Sendable () -> Void)? in
+            s.down.insert(node)
+            guard !s.interrupted else { return nil }
+            s.interrupted = true
+            return s.handlers?.interrupted
+        }
+        cluster.refreshSoon()
+        notify?()
+    }
+
+    private func linkUp(_ node: ClusterNodeAddress) {
+        let notify = state.withLock { s -> (@Sendable () -> Void)? in
+            s.down.remove(node)
+            return Self.restoredIfWhole(&s)
+        }
+        notify?()
+    }
+
+    private static func restoredIfWhole(_ s: inout State) -> (@Sendable () -> Void)? {
+        guard s.interrupted, s.down.isEmpty, s.homeless.isEmpty else { return nil }
+        s.interrupted = false
+        return s.handlers?.restored
+    }
+
+    /// Moves channels whose slot has another primary now; stops shards that serve nothing.
+    func reconcile() async {
+        if state.withLock({ !$0.down.isEmpty || !$0.homeless.isEmpty }) { _ = try? await cluster.refresh() }
+        guard let map = try? await cluster.slotMap().map else { return }
+        let moves = state.withLock { s -> [(channel: String, from: RedisSubscriber?, to: ClusterNodeAddress)] in
+            var moves: [(String, RedisSubscriber?, ClusterNodeAddress)] = []
+            for (channel, node) in s.owner {
+                guard let want = map.primary(forSlot: HashSlot.of(channel)), want != node else { continue }
+                moves.append((channel, s.shards[node]?.subscriber, want))
+            }
+            for channel in s.homeless {
+                if let want = map.primary(forSlot: HashSlot.of(channel)) { moves.append((channel, nil, want)) }
+            }
+            return moves
+        }
+        for move in moves {
+            if moves.count < 20 { logger.info("redis cluster: channel follows its slot", metadata: ["channel": "\(move.channel)", "to": "\(move.to)"]) }
+            let subscriber = state.withLock { s -> RedisSubscriber? in
+                guard s.owner[move.channel] != nil || s.homeless.contains(move.channel) else { return nil }  // unsubscribed meanwhile
+                s.owner[move.channel] = move.to
+                s.homeless.remove(move.channel)
+                return shard(move.to, &s)
+            }
+            guard let subscriber else { continue }
+            await move.from?.unsubscribe(move.channel)
+            do {
+                try await subscriber.subscribe(move.channel, wait: .seconds(2))
+            } catch {
+                state.withLock { s in
+                    if s.owner[move.channel] == move.to {
+                        s.owner[move.channel] = nil
+                        s.homeless.insert(move.channel)
+                    }
+                }
+            }
+        }
+        // Shards with no channels that are down or no longer primaries are stopped (a channel
+        // there later makes a new one).
+        let primaries = Set(map.primaries)
+        let (retired, notify) = state.withLock { s -> ([Task<Void, Never>], (@Sendable () -> Void)?) in
+            let used = Set(s.owner.values)
+            var retired: [Task<Void, Never>] = []
+            for (node, shard) in s.shards where !used.contains(node) && (!primaries.contains(node) || s.down.contains(node)) {
+                if let task = shard.task { retired.append(task) }
+                s.shards[node] = nil
+                s.down.remove(node)
+            }
+            return (retired, Self.restoredIfWhole(&s))
+        }
+        for task in retired { task.cancel() }
+        notify?()
+    }
+}
