@@ -155,6 +155,7 @@ extension RedisEngine: Broker {
                 arguments: [
                     request.event, request.data, request.clientID ?? "", String(max(defaults.historySize, 0)),
                     String(max(defaults.historyTTLSeconds, 1) * 1000), window, keys.pubsub(c), String(clock.nowMilliseconds()),
+                    RandomID.hex(bytes: 6),
                 ].map { ByteBuffer(string: $0) })
         }
         guard let parts = reply.array, parts.count == 3, let status = parts[0].int, let id = parts[1].string.flatMap({ MessageID($0) }) else {
@@ -184,11 +185,28 @@ extension RedisEngine: Broker {
                 scripts.replay, keys: [keys.stream(channel), keys.meta(channel)],
                 arguments: [position.description, String(limit + 1)].map { ByteBuffer(string: $0) })
         }
-        guard let parts = reply.array, parts.count == 2, let gone = parts[0].string.flatMap({ MessageID($0) }) else {
+        guard let parts = reply.array, parts.count == 4, let gone = parts[0].string.flatMap({ MessageID($0) }), let epoch = parts[2].string,
+            let newest = parts[3].string.flatMap({ MessageID($0) })
+        else {
             throw RealtimeError.internal("unexpected replay reply")
         }
         let messages = (parts[1].array ?? []).compactMap { RedisWire.message(fromEntry: $0, channel: channel) }
-        return Replay(messages: Array(messages.prefix(limit)), complete: gone <= position, hasMore: messages.count > limit)
+        return Replay(messages: Array(messages.prefix(limit)), complete: gone <= position, hasMore: messages.count > limit, epoch: epoch, newest: newest)
+    }
+
+    public func epoch(_ channel: ChannelName) async throws -> String {
+        // Made by the first publish; nothing is stored for a channel only read.
+        try await call { try await redis.send(["HGET", keys.meta(channel), "epoch"]) }.string ?? ""
+    }
+
+    public func changeEpoch(_ channel: ChannelName, from: String) async throws -> String {
+        let reply = try await call(write: true) {
+            try await redis.evaluate(
+                scripts.changeEpoch, keys: [keys.meta(channel)], arguments: [from, RandomID.hex(bytes: 6), keys.pubsub(channel)].map { ByteBuffer(string: $0) })
+        }
+        guard let epoch = reply.string else { throw RealtimeError.internal("unexpected epoch reply") }
+        logger.warning("channel epoch changed: its stream lost entries subscribers had seen", metadata: ["channel": "\(channel)", "epoch": "\(epoch)"])
+        return epoch
     }
 
     public func checkReady() async throws {

@@ -12,6 +12,7 @@ struct RedisScripts: Sendable {
     let members: RedisScript
     let createChannel: RedisScript
     let deleteChannel: RedisScript
+    let changeEpoch: RedisScript
 
     /// Lua that sets `now` (ms) from `ARGV[n]`, or from Redis `TIME` when it is empty: presence
     /// expiry then runs on one clock for the whole cluster.
@@ -31,7 +32,8 @@ struct RedisScripts: Sendable {
         let pub = sharded ? "SPUBLISH" : "PUBLISH"
         /// KEYS: stream, idempotency key, meta. ARGV: event, data, client_id ('' = none), default
         /// maxlen, default ttl ms (the meta hash's `history_size` / `history_ttl_seconds` win when the
-        /// channel was created with settings), idempotency window ms ('' = no key), pub/sub channel, now ms.
+        /// channel was created with settings), idempotency window ms ('' = no key), pub/sub channel, now ms,
+        /// a new epoch for a channel that has none (its meta hash is new, or was lost).
         /// Returns {1, id, first_use} for a new message or {0, original id, 0} for a duplicate.
         publish = RedisScript(
             """
@@ -63,13 +65,15 @@ struct RedisScripts: Sendable {
             redis.call('PEXPIRE', KEYS[1], ttl)
             redis.call('HSET', KEYS[3], 'last_id', id)
             local first = redis.call('HSETNX', KEYS[3], 'first_used', ARGV[8])
+            redis.call('HSETNX', KEYS[3], 'epoch', ARGV[9])
             redis.call('\(pub)', ARGV[7], 'm\\n' .. id .. '\\n' .. #ARGV[3] .. '\\n' .. ARGV[3] .. #ARGV[1] .. '\\n' .. ARGV[1] .. ARGV[2])
             if ARGV[6] ~= '' then redis.call('SET', KEYS[2], id, 'PX', ARGV[6]) end
             return {1, id, first}
             """)
 
         /// KEYS: stream, meta. ARGV: position, count. Returns {greatest id no longer retained, at
-        /// most `count` entries after position}.
+        /// most `count` entries after position, the epoch ('' before the first publish), the
+        /// newest id the stream ever held}.
         replay = RedisScript(
             """
             local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
@@ -79,7 +83,21 @@ struct RedisScripts: Sendable {
             else
               gone = redis.call('HGET', KEYS[2], 'last_id')
             end
-            return {gone or '0-0', entries}
+            local epoch = redis.call('HGET', KEYS[2], 'epoch')
+            local newest = redis.call('HGET', KEYS[2], 'last_id')
+            return {gone or '0-0', entries, epoch or '', newest or '0-0'}
+            """)
+
+        /// KEYS: meta. ARGV: the epoch the caller saw, the new epoch, pub/sub channel. Changes the
+        /// epoch only if it is still the one the caller saw (or missing), with an event; returns
+        /// the epoch now.
+        changeEpoch = RedisScript(
+            """
+            local current = redis.call('HGET', KEYS[1], 'epoch')
+            if current and current ~= ARGV[1] then return current end
+            redis.call('HSET', KEYS[1], 'epoch', ARGV[2])
+            redis.call('\(pub)', ARGV[3], 'e\\n' .. ARGV[2])
+            return ARGV[2]
             """)
 
         /// KEYS: presence hash, expiry zset. ARGV: connection id, member JSON, ttl ms, pub/sub

@@ -27,6 +27,9 @@ enum RedisWire {
             return .presence(PresenceEvent(channel: channel, action: action, member: member))
         case UInt8(ascii: "d"):
             return .channelDeleted(channel)
+        case UInt8(ascii: "e"):
+            guard buffer.readInteger(as: UInt8.self) == 10, let epoch = buffer.readString(length: buffer.readableBytes), !epoch.isEmpty else { return nil }
+            return .epochChanged(channel, epoch: epoch)
         default:
             return nil
         }

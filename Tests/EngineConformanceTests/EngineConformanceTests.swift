@@ -25,6 +25,36 @@ import Testing
     }
 
     @Test(arguments: EngineKind.allCases)
+    func theEpochIsStableChangesOnceOnRequestAndReplaysReportItWithTheNewestID(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let s = settings("epochs")
+            let broker = t.engine.broker
+            // None before the first publish (nothing is stored for a channel only read).
+            #expect(try await broker.epoch(s.name) == "")
+            try await broker.subscribe(s.name)
+            let ids = [try await broker.publish(PublishRequest(channel: s.name, event: "e", data: "1")).id]
+            let first = try await broker.epoch(s.name)
+            #expect(!first.isEmpty)
+            #expect(try await broker.epoch(s.name) == first)
+            let page = try await broker.replay(s.name, after: .zero, limit: 10)
+            #expect(page.epoch == first && page.newest == ids[0] && !page.isAhead(of: ids[0]))
+            #expect(page.isAhead(of: MessageID(milliseconds: ids[0].milliseconds + 1, sequence: 0)))
+            // Two nodes noticing the same loss change it once: the second sees the new epoch.
+            let changed = try await broker.changeEpoch(s.name, from: first)
+            #expect(changed != first)
+            #expect(try await broker.changeEpoch(s.name, from: first) == changed)
+            #expect(try await broker.epoch(s.name) == changed)
+            try await t.events.wait("the epoch event") { r in
+                r.all.contains { if case .epochChanged(s.name, changed) = $0 { return true } else { return false } }
+            }
+            // A channel never used has no epoch and no newest id.
+            let fresh = try await broker.replay(settings("never-used").name, after: .zero, limit: 10)
+            #expect(fresh.epoch.isEmpty && fresh.newest == .zero)
+            await broker.unsubscribe(s.name)
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
     func attachedNodeReceivesEveryMessageInOrderOnce(_ kind: EngineKind) async throws {
         try await withEngine(kind) { t in
             let s = settings("live")

@@ -41,6 +41,10 @@ final class ScriptedBroker: Broker {
         var holdSubscribes = false
         var failSubscribes = false
         var failReplays = 0
+        /// A failover to a replica that missed writes: replays no longer show the ids after
+        /// `survivor` up to `through`, and the stream's newest id falls back to `survivor`.
+        var lost: (survivor: MessageID, through: MessageID)?
+        var changedEpochs = 0
     }
     let state = Mutex(State())
 
@@ -103,9 +107,19 @@ final class ScriptedBroker: Broker {
             return true
         }
         if fail { throw RealtimeError.engineUnavailable() }
-        return try await memory.replay(channel, after: position, limit: limit)
+        var page = try await memory.replay(channel, after: position, limit: limit)
+        if let lost = state.withLock({ $0.lost }) {
+            page.messages.removeAll { $0.id > lost.survivor && $0.id <= lost.through }
+            if page.newest > lost.survivor, page.newest <= lost.through { page.newest = lost.survivor }
+        }
+        return page
     }
     func position(_ channel: ChannelName) async throws -> MessageID { try await memory.position(channel) }
+    func epoch(_ channel: ChannelName) async throws -> String { try await memory.epoch(channel) }
+    func changeEpoch(_ channel: ChannelName, from: String) async throws -> String {
+        state.withLock { $0.changedEpochs += 1 }
+        return try await memory.changeEpoch(channel, from: from)
+    }
     func checkReady() async throws { try await memory.checkReady() }
 }
 
@@ -274,6 +288,48 @@ func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: ()
             try await waitUntil("the retained messages") { sink.messageIDs.count == 3 }
             #expect(sink.messageIDs == ids.suffix(3).map(\.description))
             #expect(sink.all.first?.contains("\"resumed\":false") == true)
+        }
+    }
+
+    @Test func entriesLostInAFailoverChangeTheEpochAndSubscribersAreToldNotLeftWithAGap() async throws {
+        try await withHub { hub, broker in
+            let sink = RecordingSink()
+            let epoch = Mutex("")
+            _ = try await hub.subscribe(ch, sink: sink, since: nil) { outcome in epoch.withLock { $0 = outcome.epoch } }
+            let before = try await publish(broker, 0..<6)
+            try await waitUntil("live") { sink.messageIDs.count == 6 }
+            // The link drops; the new primary lacks the last three ids this node delivered.
+            broker.interrupt()
+            broker.state.withLock { $0.lost = (before[2], before[5]) }
+            broker.restore()
+            try await waitUntil("the resync notice") { sink.all.contains { $0.contains("\"resumed\":false") } }
+            let notice = try #require(sink.all.last { $0.contains("\"resumed\":false") })
+            let newEpoch = try await broker.epoch(ch)
+            #expect(newEpoch != epoch.withLock { $0 } && notice.contains("\"epoch\":\"\(newEpoch)\""))
+            #expect(broker.state.withLock { $0.changedEpochs } == 1)
+            // Later messages arrive as usual.
+            let after = try await publish(broker, 6..<8)
+            try await waitUntil("live again") { sink.messageIDs.count >= 8 }
+            #expect(sink.messageIDs == (before + after).map(\.description))
+            // A client resuming with a position of the old epoch is told, and gets no replay.
+            let late = RecordingSink()
+            let outcome = Mutex<SubscribeOutcome?>(nil)
+            _ = try await hub.subscribe(ch, sink: late, since: before[1], sinceEpoch: epoch.withLock { $0 }) { o in outcome.withLock { $0 = o } }
+            #expect(outcome.withLock { $0 } == SubscribeOutcome(resumed: false, replayed: 0, epoch: newEpoch))
+            // With the current epoch, the same position resumes.
+            _ = try await hub.subscribe(ch, sink: RecordingSink(), since: after[0], sinceEpoch: newEpoch) { o in outcome.withLock { $0 = o } }
+            #expect(outcome.withLock { $0 } == SubscribeOutcome(resumed: true, replayed: 1, epoch: newEpoch))
+        }
+    }
+
+    @Test func aPositionThatTheStreamNeverHeldDoesNotResume() async throws {
+        try await withHub { hub, broker in
+            let ids = try await publish(broker, 0..<2)
+            let outcome = Mutex<SubscribeOutcome?>(nil)
+            // A restarted memory node: the client's since_id is past anything this stream held.
+            let future = MessageID(milliseconds: ids[1].milliseconds + 60_000, sequence: 0)
+            _ = try await hub.subscribe(ch, sink: RecordingSink(), since: future) { o in outcome.withLock { $0 = o } }
+            #expect(outcome.withLock { $0?.resumed } == false)
         }
     }
 

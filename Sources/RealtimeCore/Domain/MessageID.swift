@@ -24,6 +24,7 @@ public struct MessageID: Hashable, Sendable, Comparable, CustomStringConvertible
     }
 
     public static let zero = MessageID(milliseconds: 0, sequence: 0)
+    public static let max = MessageID(milliseconds: .max, sequence: .max)
 
     /// The id `XADD *` would assign after `self` at wall-clock `now` milliseconds.
     public func next(atMilliseconds now: UInt64) -> MessageID {

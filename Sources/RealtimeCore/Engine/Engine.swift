@@ -68,6 +68,13 @@ public protocol Broker: Sendable {
     func replay(_ channel: ChannelName, after position: MessageID, limit: Int) async throws -> Replay
     /// The id of the newest message ever published on the channel (`.zero` when none).
     func position(_ channel: ChannelName) async throws -> MessageID
+    /// The channel's epoch: it changes when the stream loses entries subscribers may have seen,
+    /// so positions taken before are void. Made by the first publish ('' before it; a stream
+    /// whose metadata was lost gets a new one).
+    func epoch(_ channel: ChannelName) async throws -> String
+    /// Changes the epoch if it is still `from` (one change however many nodes notice the loss
+    /// at once) and publishes `epochChanged`; returns the epoch now.
+    func changeEpoch(_ channel: ChannelName, from: String) async throws -> String
     /// Throws unless storage and the event round trip work.
     func checkReady() async throws
 }

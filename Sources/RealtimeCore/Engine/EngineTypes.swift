@@ -16,6 +16,9 @@ public enum EngineEvent: Sendable {
     /// Every subscribed channel is live again. What was published in between is only in
     /// history; the hub reads it from there.
     case restored
+    /// The channel's epoch changed: its stream lost entries that subscribers may have seen (a
+    /// failover to a replica that missed the last writes). Positions from before are void.
+    case epochChanged(ChannelName, epoch: String)
 }
 
 /// A history read: `limit` messages strictly after `after` and up to and including `through`,
@@ -55,12 +58,22 @@ public struct Replay: Sendable, Equatable {
     public var complete: Bool
     /// True when more retained messages follow the last one of this page.
     public var hasMore: Bool
+    /// The channel's epoch now.
+    public var epoch: String
+    /// The newest id the channel's stream has ever held. A position above it names entries
+    /// the stream no longer knows of: they were lost, not trimmed (see ``isAhead(of:)``).
+    public var newest: MessageID
 
-    public init(messages: [Message], complete: Bool, hasMore: Bool = false) {
+    public init(messages: [Message], complete: Bool, hasMore: Bool = false, epoch: String = "", newest: MessageID = .max) {
         self.messages = messages
         self.complete = complete
         self.hasMore = hasMore
+        self.epoch = epoch
+        self.newest = newest
     }
+
+    /// Whether `position` is past everything the stream ever held: the stream went backwards.
+    public func isAhead(of position: MessageID) -> Bool { position > newest }
 }
 
 /// Settings every engine needs, shared by all nodes of a cluster.

@@ -35,7 +35,40 @@ extension ChannelHub {
             }
         case .restored:
             brokerUp.store(true, ordering: .relaxed)
+        case .epochChanged(let channel, let epoch):
+            epochChanged(channel, to: epoch)
         }
+    }
+
+    /// Another node found the channel's stream behind what it delivered and changed the epoch:
+    /// subscribers are told (`resumed: false` with the new epoch), and the channel re-reads its
+    /// position from the stream as it now is.
+    func epochChanged(_ channel: ChannelName, to epoch: String) {
+        let recover = shard(channel).withLock { s -> Bool in
+            guard var ch = s.channels[channel], ch.epoch != epoch else { return false }
+            defer { s.channels[channel] = ch }
+            ch.epoch = epoch
+            notifyResync(channel, &ch)
+            switch ch.link {
+            case .attached:
+                ch.link = .recovering
+                ch.positionVoid = true
+                return true
+            case .recovering:
+                ch.positionVoid = true
+                return false
+            case .attaching, .detaching:
+                return false
+            }
+        }
+        if recover { schedule(.recover(channel)) }
+    }
+
+    /// Tells every subscriber of the channel, live or joining, that messages may be missing.
+    func notifyResync(_ channel: ChannelName, _ ch: inout Channel) {
+        let notice = WireFrame(text: Self.resyncNotice(channel, epoch: ch.epoch))
+        if !ch.live.isEmpty { fanOut(notice, to: ch.live) }
+        for id in Array(ch.pending.keys) { ch.pending[id]!.items.append(.frame(notice)) }
     }
 
     /// Holds the event while the channel's link is not attached; delivers it otherwise.

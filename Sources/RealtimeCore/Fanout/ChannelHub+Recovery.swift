@@ -27,6 +27,7 @@ extension ChannelHub {
             }) else { return }
             do {
                 let page = try await broker.replay(channel, after: from, limit: engine.configuration.replayPageSize)
+                if try await epochMoved(channel, from: from, page: page) { continue }
                 let members = page.hasMore ? nil : try await engine.presence.members(channel)
                 if caughtUp(channel, from: from, page: page, members: members, epoch: epoch) { return }
                 backoff = .milliseconds(50)
@@ -35,6 +36,41 @@ extension ChannelHub {
                 backoff = min(backoff * 2, .seconds(2))
             }
         }
+    }
+
+    /// Checks a recovery read against what this node delivered. When the stream is behind the
+    /// last delivered id (a failover lost entries its subscribers saw), the epoch changes (once,
+    /// whichever node notices first); when the epoch differs from the one subscribers hold,
+    /// they are told (`resumed: false`). Either way the channel takes the stream's position as
+    /// it now is, and the caller reads again. Returns true when it did so.
+    func epochMoved(_ channel: ChannelName, from: MessageID, page: Replay) async throws -> Bool {
+        guard let (known, void) = shard(channel).withLock({ s -> (String, Bool)? in
+            s.channels[channel].map { ($0.epoch, $0.positionVoid) }
+        }) else { return false }
+        let behind = page.isAhead(of: from)
+        guard behind || (page.epoch != known && !known.isEmpty) || void else { return false }
+        var epoch = page.epoch
+        // Changed here unless another node already did (its epoch is not the one we knew).
+        if behind, !void, page.epoch == known || known.isEmpty { epoch = try await broker.changeEpoch(channel, from: page.epoch) }
+        shard(channel).withLock { s in
+            guard var ch = s.channels[channel], ch.link == .recovering, ch.lastDelivered == from else { return }
+            defer { s.channels[channel] = ch }
+            if ch.epoch != epoch {
+                // From none to the first publish's epoch is no loss.
+                let lost = !ch.epoch.isEmpty || behind
+                ch.epoch = epoch
+                if lost { notifyResync(channel, &ch) }
+            }
+            ch.positionVoid = false
+            if behind {
+                // New ids may sort below what was delivered before (another server's clock):
+                // deliver from the stream's own newest id on.
+                ch.lastDelivered = page.newest
+                ch.maxFloor = nil
+                for i in ch.live.indices { ch.live[i].floor = nil }
+            }
+        }
+        return true
     }
 
     /// Fails the subscribers that have waited longer than `linkWait` for this recovering channel.
@@ -64,9 +100,7 @@ extension ChannelHub {
             if !page.complete {
                 // Trimmed before this node could read it: the subscribers lost messages. Tell
                 // them as a resume would (`resumed: false`), then go on with what is retained.
-                let notice = WireFrame(text: Self.resyncNotice(channel))
-                if !ch.live.isEmpty { fanOut(notice, to: ch.live) }
-                for id in Array(ch.pending.keys) { ch.pending[id]!.items.append(.frame(notice)) }
+                notifyResync(channel, &ch)
             }
             for m in page.messages { process(.message(m), &ch, slow: &slow) }
             if page.hasMore { return false }
@@ -123,14 +157,17 @@ extension ChannelHub {
         ch.members = current
     }
 
-    /// `{"type":"subscribed","channel","resumed":false,"replayed":0}` without a `ref`: the
-    /// channel's live stream lost messages this node could not read back.
-    static func resyncNotice(_ channel: ChannelName) -> String {
+    /// `{"type":"subscribed","channel","resumed":false,"replayed":0,"epoch"}` without a `ref`:
+    /// the channel's live stream lost messages this node could not read back.
+    static func resyncNotice(_ channel: ChannelName, epoch: String) -> String {
         var w = JSONWriter()
         w.raw("{\"type\":\"subscribed\"")
         w.key("channel")
         w.string(channel.rawValue)
-        w.raw(",\"resumed\":false,\"replayed\":0}")
+        w.raw(",\"resumed\":false,\"replayed\":0")
+        w.key("epoch")
+        w.string(epoch)
+        w.raw("}")
         return w.text
     }
 

@@ -14,6 +14,7 @@ extension ChannelHub {
         _ channel: ChannelName,
         sink: any SubscriberSink,
         since: MessageID?,
+        sinceEpoch: String? = nil,
         announce: @Sendable (SubscribeOutcome) -> Void
     ) async throws -> HubSubscription? {
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
@@ -43,18 +44,25 @@ extension ChannelHub {
             throw error
         }
         guard isPending(channel, id) else { return nil }
+        var epoch = shard(channel).withLock { $0.channels[channel]?.epoch ?? "" }
+        if epoch.isEmpty, let stored = try? await broker.epoch(channel), !stored.isEmpty {
+            // Published since the attach (the first publish makes the epoch).
+            epoch = stored
+            shard(channel).withLock { s in if s.channels[channel]?.epoch.isEmpty == true { s.channels[channel]!.epoch = stored } }
+        }
         var replayed: [Message] = []
         var complete = false
-        if let since {
+        // A position from another epoch means nothing here: no replay, `resumed: false`.
+        if let since, sinceEpoch == nil || sinceEpoch == epoch, !(sinceEpoch != nil && epoch.isEmpty) {
             do {
-                (replayed, complete) = try await readReplay(channel, after: since)
+                (replayed, complete) = try await readReplay(channel, after: since, epoch: epoch)
             } catch {
                 await remove(channel, id)
                 throw error
             }
         }
         markCountDirty(channel)
-        announce(SubscribeOutcome(resumed: since != nil && complete, replayed: replayed.count))
+        announce(SubscribeOutcome(resumed: since != nil && complete, replayed: replayed.count, epoch: epoch))
         var last = replayed.last?.id ?? since
         Self.deliver(replayed.map { WireFrame(text: $0.json(asPush: true)) }, to: sink)
         let overflowed = shard(channel).withLock { s -> Bool in
@@ -86,14 +94,17 @@ extension ChannelHub {
         return HubSubscription(channel: channel, id: id)
     }
 
-    /// Every retained message after `position`, read in bounded pages.
-    func readReplay(_ channel: ChannelName, after position: MessageID) async throws -> (messages: [Message], complete: Bool) {
+    /// Every retained message after `position`, read in bounded pages. Not complete when a page
+    /// was trimmed past the position, when the stream no longer knows the position (it went
+    /// backwards: lost entries) or when the epoch is not `epoch` any more.
+    func readReplay(_ channel: ChannelName, after position: MessageID, epoch: String) async throws -> (messages: [Message], complete: Bool) {
         var messages: [Message] = []
         var from = position
         var complete = true
         while true {
             let page = try await broker.replay(channel, after: from, limit: engine.configuration.replayPageSize)
-            if from == position { complete = page.complete }
+            if from == position { complete = page.complete && !page.isAhead(of: position) }
+            if !epoch.isEmpty, page.epoch != epoch { complete = false }
             messages += page.messages
             guard page.hasMore, let last = page.messages.last else { return (messages, complete) }
             from = last.id
@@ -163,8 +174,9 @@ extension ChannelHub {
                     try await broker.subscribe(channel)
                     subscribed = true
                     let position = try await broker.position(channel)
+                    let epoch = try await broker.epoch(channel)
                     let members = try? await engine.presence.members(channel)
-                    attached(channel, position: position, members: members)
+                    attached(channel, position: position, epoch: epoch, members: members)
                 } catch {
                     failure = error
                     failAttach(channel, error, unsubscribe: subscribed)
@@ -185,13 +197,14 @@ extension ChannelHub {
 
     /// The broker delivers the channel's events from `position` on: hold nothing more, deliver
     /// what arrived meanwhile (above the position), wake the waiting subscribers.
-    func attached(_ channel: ChannelName, position: MessageID, members: [PresenceMember]?) {
+    func attached(_ channel: ChannelName, position: MessageID, epoch: String, members: [PresenceMember]?) {
         var slow: [any SubscriberSink] = []
         let needsRecovery = shard(channel).withLock { s -> Bool in
             guard s.channels[channel]?.link == .attaching else { return false }
             var ch = s.channels.removeValue(forKey: channel)!
             defer { s.channels[channel] = ch }
             ch.lastDelivered = max(ch.lastDelivered, position)
+            ch.epoch = epoch
             ch.members = members.map { Dictionary($0.map { ($0.connectionID, $0) }, uniquingKeysWith: { $1 }) }
             let waiters = ch.waiters.values
             ch.waiters = [:]

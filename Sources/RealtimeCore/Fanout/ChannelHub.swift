@@ -20,9 +20,12 @@ public protocol SubscriberSink: AnyObject, Sendable {
 
 /// The outcome of a subscribe, reported to the client before any replayed message.
 public struct SubscribeOutcome: Sendable, Equatable {
-    /// True when `since_id` was given and every message after it was still retained.
+    /// True when `since_id` was given and every message after it was still retained (and the
+    /// epoch, when given, is still the channel's).
     public var resumed: Bool
     public var replayed: Int
+    /// The channel's epoch, for the client to send back with `since_id` when it resumes.
+    public var epoch: String
 }
 
 /// A live subscription of one sink to one channel on this node.
@@ -124,6 +127,11 @@ public final class ChannelHub: Sendable {
         /// Members as this node's subscribers saw them (nil: unknown), to reconcile presence
         /// after an interruption.
         var members: [String: PresenceMember]?
+        /// The channel's epoch as of the attach or the last `epochChanged`.
+        var epoch = ""
+        /// Another node changed the epoch: the stream may now be behind `lastDelivered`, and
+        /// recovery takes its newest id as the position instead of changing the epoch again.
+        var positionVoid = false
         var count: Int { live.count + pending.count }
     }
 

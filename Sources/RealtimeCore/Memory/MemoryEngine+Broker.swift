@@ -61,16 +61,39 @@ extension MemoryEngine: Broker {
         let now = clock.nowMilliseconds()
         return withShard(channel) { s in
             s.streams[channel]?.expire(now: now)
-            guard let stream = s.streams[channel] else { return Replay(messages: [], complete: true) }
+            let epoch = Self.epoch(channel, s, start: startEpoch)
+            guard let stream = s.streams[channel] else { return Replay(messages: [], complete: true, epoch: epoch, newest: .zero) }
             let start = Self.firstIndex(in: stream.entries) { $0.id > position }
             let end = min(stream.entries.count, start + max(limit, 1))
             let complete = stream.maxDeletedID.map { $0 <= position } ?? true
-            return Replay(messages: Array(stream.entries[start..<end]), complete: complete, hasMore: end < stream.entries.count)
+            return Replay(
+                messages: Array(stream.entries[start..<end]), complete: complete, hasMore: end < stream.entries.count, epoch: epoch,
+                newest: stream.lastID)
         }
     }
 
     public func position(_ channel: ChannelName) async throws -> MessageID {
         withShard(channel) { $0.streams[channel]?.lastID ?? .zero }
+    }
+
+    public func epoch(_ channel: ChannelName) async throws -> String {
+        withShard(channel) { Self.epoch(channel, $0, start: startEpoch) }
+    }
+
+    /// A channel has an epoch from its first publish on ('' before), as on Redis.
+    static func epoch(_ channel: ChannelName, _ s: Shard, start: String) -> String {
+        s.epochs[channel] ?? (s.streams[channel] == nil ? "" : start)
+    }
+
+    public func changeEpoch(_ channel: ChannelName, from: String) async throws -> String {
+        withShard(channel) { s in
+            let current = Self.epoch(channel, s, start: startEpoch)
+            guard current == from else { return current }
+            let next = RandomID.hex(bytes: 6)
+            s.epochs[channel] = next
+            s.outbox.append(.epochChanged(channel, epoch: next))
+            return next
+        }
     }
 
     /// Ready once `run` delivers events to the node.

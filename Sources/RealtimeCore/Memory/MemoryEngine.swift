@@ -16,6 +16,9 @@ public final class MemoryEngine: Sendable {
     let shards: [Locked<Shard>]
     let keyRecords = Mutex<[String: APIKeyRecord]>([:])
     let handler = Mutex<(@Sendable (EngineEvent) -> Void)?>(nil)
+    /// Every channel's epoch until one changes: new at each start, since a restarted node has
+    /// lost its history and a position from before means nothing.
+    let startEpoch = RandomID.hex(bytes: 6)
 
     struct Stream {
         var entries = Deque<Message>()
@@ -69,6 +72,8 @@ public final class MemoryEngine: Sendable {
         /// Channels created or used, with the time of first use.
         var known: [ChannelName: Int64] = [:]
         var localSubscribers: [ChannelName: Int] = [:]
+        /// Epochs changed since start (every other channel is in the engine's `epoch`).
+        var epochs: [ChannelName: String] = [:]
         /// Events waiting to be handed out, in the order they happened.
         var outbox = Deque<EngineEvent>()
         var draining = false

@@ -8,6 +8,8 @@ struct ClientFrame: Decodable {
     var ref: JSONValue?
     var channel: String?
     var sinceID: String?
+    /// The epoch the client's `since_id` belongs to (from its last `subscribed`).
+    var epoch: String?
     var event: String?
     var data: JSONValue?
     var idempotencyKey: String?
@@ -16,7 +18,7 @@ struct ClientFrame: Decodable {
     var token: String?
 
     enum CodingKeys: String, CodingKey {
-        case op, ref, channel, sinceID = "since_id", event, data, idempotencyKey = "idempotency_key", limit, direction, token
+        case op, ref, channel, sinceID = "since_id", epoch, event, data, idempotencyKey = "idempotency_key", limit, direction, token
     }
 }
 
@@ -25,7 +27,8 @@ extension ClientFrame: FastDecodable {
         guard let o = json.objectMembers, case .string(let op)? = o["op"],
             let channel = JSONValue.optionalString(o["channel"]), let sinceID = JSONValue.optionalString(o["since_id"]),
             let event = JSONValue.optionalString(o["event"]), let idempotencyKey = JSONValue.optionalString(o["idempotency_key"]),
-            let direction = JSONValue.optionalString(o["direction"]), let token = JSONValue.optionalString(o["token"])
+            let direction = JSONValue.optionalString(o["direction"]), let token = JSONValue.optionalString(o["token"]),
+            let epoch = JSONValue.optionalString(o["epoch"])
         else { return nil }
         switch o["limit"] {
         case nil, .null?: limit = nil
@@ -36,6 +39,7 @@ extension ClientFrame: FastDecodable {
         self.ref = o["ref"]?.nonNull
         self.channel = channel
         self.sinceID = sinceID
+        self.epoch = epoch
         self.event = event
         // A missing `data` stays nil; a JSON null is a value (`publish` requires the field).
         self.data = o["data"]

@@ -91,16 +91,18 @@ extension WebSocketSession {
             guard let id = MessageID(raw) else { throw .badRequest("field 'since_id' is not a message id (<ms>-<seq>)") }
             since = id
         }
+        if let epoch = frame.epoch, epoch.utf8.count > 64 { throw .badRequest("field 'epoch' must be at most 64 characters") }
         let settings = try await runtime.settings(channel)
         try runtime.authorize(.subscribe, readOnly: true, on: settings, claims: claims)
         try reserveSubscription(channel)
         let subscription: HubSubscription?
         do {
-            subscription = try await runtime.hub.subscribe(channel, sink: self, since: since) { [self] outcome in
+            subscription = try await runtime.hub.subscribe(channel, sink: self, since: since, sinceEpoch: frame.epoch.flatMap { $0.isEmpty ? nil : $0 }) { [self] outcome in
                 push(Self.reply("subscribed", ref: frame.ref) { w in
                     w.key("channel"); w.string(channel.rawValue)
                     w.key("resumed"); w.raw(outcome.resumed ? "true" : "false")
                     w.key("replayed"); w.raw(String(outcome.replayed))
+                    w.key("epoch"); w.string(outcome.epoch)
                 })
             }
         } catch {
