@@ -190,6 +190,7 @@ let package = Package(
                 "RealtimeCore",
                 "RealtimeClient",
                 "RealtimeTestSupport",
+                "RedisClient",
                 .product(name: "WSClient", package: "swift-websocket"),
                 .product(name: "WSCompression", package: "swift-websocket"),
                 .product(name: "Hummingbird", package: "hummingbird"),

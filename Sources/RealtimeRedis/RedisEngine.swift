@@ -185,13 +185,15 @@ extension RedisEngine: Broker {
                 scripts.replay, keys: [keys.stream(channel), keys.meta(channel)],
                 arguments: [position.description, String(limit + 1)].map { ByteBuffer(string: $0) })
         }
-        guard let parts = reply.array, parts.count == 4, let gone = parts[0].string.flatMap({ MessageID($0) }), let epoch = parts[2].string,
-            let newest = parts[3].string.flatMap({ MessageID($0) })
+        guard let parts = reply.array, parts.count == 5, let gone = parts[0].string.flatMap({ MessageID($0) }), let epoch = parts[2].string,
+            let newest = parts[3].string.flatMap({ MessageID($0) }), let held = parts[4].int
         else {
             throw RealtimeError.internal("unexpected replay reply")
         }
         let messages = (parts[1].array ?? []).compactMap { RedisWire.message(fromEntry: $0, channel: channel) }
-        return Replay(messages: Array(messages.prefix(limit)), complete: gone <= position, hasMore: messages.count > limit, epoch: epoch, newest: newest)
+        return Replay(
+            messages: Array(messages.prefix(limit)), complete: gone <= position, hasMore: messages.count > limit, epoch: epoch, newest: newest,
+            positionLost: position != .zero && position > gone && held == 0)
     }
 
     public func epoch(_ channel: ChannelName) async throws -> String {

@@ -73,7 +73,7 @@ struct RedisScripts: Sendable {
 
         /// KEYS: stream, meta. ARGV: position, count. Returns {greatest id no longer retained, at
         /// most `count` entries after position, the epoch ('' before the first publish), the
-        /// newest id the stream ever held}.
+        /// newest id the stream ever held, 1 when the stream holds the position itself}.
         replay = RedisScript(
             """
             local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
@@ -85,7 +85,8 @@ struct RedisScripts: Sendable {
             end
             local epoch = redis.call('HGET', KEYS[2], 'epoch')
             local newest = redis.call('HGET', KEYS[2], 'last_id')
-            return {gone or '0-0', entries, epoch or '', newest or '0-0'}
+            local held = #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+            return {gone or '0-0', entries, epoch or '', newest or '0-0', held}
             """)
 
         /// KEYS: meta. ARGV: the epoch the caller saw, the new epoch, pub/sub channel. Changes the

@@ -9,7 +9,8 @@ import Synchronization
 /// - The slot map comes from `CLUSTER SLOTS`, asked of any known node (the seeds first).
 /// - `MOVED` updates the map for that slot, schedules a full refresh and retries there; `ASK`
 ///   retries once on the importing node after `ASKING`; `TRYAGAIN` (a multi-key command during
-///   a migration) retries after a pause. At most five hops per command.
+///   a migration: refused, not run) retries every 50 ms for up to 2 s. At most five hops per
+///   command.
 /// - A command whose keys span slots is refused before it is sent (`RedisError.crossSlot`).
 /// - A node that cannot be reached makes the client refresh the map (at most every 200 ms) and
 ///   try again once if the slot's primary changed: a replica promoted by a failover.
@@ -177,7 +178,9 @@ public final class RedisClusterClient: RedisCommandSending {
         guard var node = map.primary(forSlot: slot ?? 0) else { throw RedisError.connection("cluster slot \(slot ?? 0) is not served") }
         var asking = false
         var retriedAfterRefresh = false
-        for _ in 0..<5 {
+        var hops = 0
+        var pauses = 0
+        while hops < 5 {
             do {
                 let connection = try await pool(node).connection()
                 return try await body(connection, asking)
@@ -187,18 +190,24 @@ public final class RedisClusterClient: RedisCommandSending {
                 case .moved(let s, let to)?:
                     moved(slot: s, to: to)
                     node = to
+                    hops += 1
                     continue
                 case .ask(_, let to)?:
                     node = to
                     asking = true
+                    hops += 1
                     continue
                 case nil:
                     break
                 }
-                if message.hasPrefix("TRYAGAIN") {
+                if message.hasPrefix("TRYAGAIN"), pauses < 40 {
+                    // A slot half migrated: some of the command's keys moved, some not yet.
+                    // Refused, not run; MIGRATE finishes within moments.
+                    pauses += 1
                     try await Task.sleep(for: .milliseconds(50), clock: .suspending)
                     continue
                 }
+                if message.hasPrefix("TRYAGAIN") { throw RedisError.connection("slot \(slot ?? 0) stays mid-migration: \(message)") }
                 if message.hasPrefix("CLUSTERDOWN") {
                     // Refused, not run: the cluster is electing a new primary for the slot.
                     refreshSoon()

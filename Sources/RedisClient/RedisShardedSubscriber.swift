@@ -59,6 +59,7 @@ public final class RedisShardedSubscriber: RedisPubSub {
         var homeless: Set<String> = []
         var down: Set<ClusterNodeAddress> = []
         var interrupted = false
+        var lastRefresh = ContinuousClock.now
     }
 
     public init(cluster: RedisClusterClient, logger: Logger) {
@@ -171,7 +172,14 @@ public final class RedisShardedSubscriber: RedisPubSub {
 
     /// Moves channels whose slot has another primary now; stops shards that serve nothing.
     func reconcile() async {
-        if state.withLock({ !$0.down.isEmpty || !$0.homeless.isEmpty }) { _ = try? await cluster.refresh() }
+        // The map is read again while a link is down, and every few seconds anyway: a node that
+        // publishes nothing learns of a slot's move only this way (besides `sunsubscribe`).
+        let due = state.withLock { s -> Bool in
+            let due = !s.down.isEmpty || !s.homeless.isEmpty || ContinuousClock.now - s.lastRefresh > .seconds(2)
+            if due { s.lastRefresh = .now }
+            return due
+        }
+        if due { _ = try? await cluster.refresh() }
         guard let map = try? await cluster.slotMap().map else { return }
         let moves = state.withLock { s -> [(channel: String, from: RedisSubscriber?, to: ClusterNodeAddress)] in
             var moves: [(String, RedisSubscriber?, ClusterNodeAddress)] = []
@@ -183,6 +191,16 @@ public final class RedisShardedSubscriber: RedisPubSub {
                 if let want = map.primary(forSlot: HashSlot.of(channel)) { moves.append((channel, nil, want)) }
             }
             return moves
+        }
+        if !moves.isEmpty {
+            // Messages published on the new primary before the move reached nobody here: the
+            // node reads them from history once the channels are subscribed there.
+            let notify = state.withLock { s -> (@Sendable () -> Void)? in
+                guard !s.interrupted else { return nil }
+                s.interrupted = true
+                return s.handlers?.interrupted
+            }
+            notify?()
         }
         for move in moves {
             if moves.count < 20 { logger.info("redis cluster: channel follows its slot", metadata: ["channel": "\(move.channel)", "to": "\(move.to)"]) }

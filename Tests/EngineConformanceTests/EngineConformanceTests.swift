@@ -37,8 +37,13 @@ import Testing
             #expect(!first.isEmpty)
             #expect(try await broker.epoch(s.name) == first)
             let page = try await broker.replay(s.name, after: .zero, limit: 10)
-            #expect(page.epoch == first && page.newest == ids[0] && !page.isAhead(of: ids[0]))
-            #expect(page.isAhead(of: MessageID(milliseconds: ids[0].milliseconds + 1, sequence: 0)))
+            #expect(page.epoch == first && page.newest == ids[0] && !page.positionLost)
+            #expect(try await broker.replay(s.name, after: ids[0], limit: 10).positionLost == false)
+            // A position the stream never held (another stream's, or lost in a failover).
+            let foreign = MessageID(milliseconds: ids[0].milliseconds + 1, sequence: 0)
+            #expect(try await broker.replay(s.name, after: foreign, limit: 10).positionLost)
+            let between = MessageID(milliseconds: ids[0].milliseconds - 1, sequence: 7)
+            #expect(try await broker.replay(s.name, after: between, limit: 10).positionLost)
             // Two nodes noticing the same loss change it once: the second sees the new epoch.
             let changed = try await broker.changeEpoch(s.name, from: first)
             #expect(changed != first)
@@ -49,7 +54,7 @@ import Testing
             }
             // A channel never used has no epoch and no newest id.
             let fresh = try await broker.replay(settings("never-used").name, after: .zero, limit: 10)
-            #expect(fresh.epoch.isEmpty && fresh.newest == .zero)
+            #expect(fresh.epoch.isEmpty && fresh.newest == .zero && !fresh.positionLost)
             await broker.unsubscribe(s.name)
         }
     }

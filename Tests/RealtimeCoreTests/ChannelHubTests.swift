@@ -111,6 +111,7 @@ final class ScriptedBroker: Broker {
         if let lost = state.withLock({ $0.lost }) {
             page.messages.removeAll { $0.id > lost.survivor && $0.id <= lost.through }
             if page.newest > lost.survivor, page.newest <= lost.through { page.newest = lost.survivor }
+            if position > lost.survivor, position <= lost.through { page.positionLost = true }
         }
         return page
     }

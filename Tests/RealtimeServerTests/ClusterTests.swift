@@ -3,10 +3,11 @@ import RealtimeCore
 import Synchronization
 import Testing
 
-/// Several real gateway processes on one real Redis.
+/// Several real gateway processes on one real Redis, on a Redis Cluster and behind Sentinel.
 @Suite struct ClusterTests {
-    @Test func messagesPresenceHistoryKeysAndIdempotencyAreSharedAcrossNodes() async throws {
-        try await Cluster.with(nodes: 3) { cluster in
+    @Test(arguments: Deployment.allCases)
+    func messagesPresenceHistoryKeysAndIdempotencyAreSharedAcrossNodes(_ deployment: Deployment) async throws {
+        try await Cluster.with(nodes: 3, deployment: deployment) { cluster in
             let (n1, n2, n3) = (cluster.nodes[0], cluster.nodes[1], cluster.nodes[2])
             let sub = try await n1.connect(try await n1.token(client: "sub"))
             _ = try await sub.call("subscribe", #""channel":"news""#)
@@ -56,8 +57,9 @@ import Testing
         }
     }
 
-    @Test func perChannelOrderIsTheSameOnEveryNode() async throws {
-        try await Cluster.with(nodes: 3) { cluster in
+    @Test(arguments: Deployment.allCases)
+    func perChannelOrderIsTheSameOnEveryNode(_ deployment: Deployment) async throws {
+        try await Cluster.with(nodes: 3, deployment: deployment) { cluster in
             var sockets: [TestSocket] = []
             for node in cluster.nodes {
                 let s = try await node.connect(try await node.token(client: "s-\(node.nodeID)"))
@@ -150,10 +152,10 @@ import Testing
                 }
             }
             try await Task.sleep(for: .milliseconds(500), clock: .suspending)
-            cluster.redis.stop()
+            cluster.redis!.stop()
             try await eventually("not ready during the outage") { try await n1.rest(.GET, "/readyz", key: "").status == 503 }
             try await Task.sleep(for: .milliseconds(500), clock: .suspending)
-            try await cluster.redis.start(keepPort: true)
+            try await cluster.redis!.start(keepPort: true)
             try await eventually("ready again", timeout: .seconds(20)) {
                 let a = try await n1.rest(.GET, "/readyz", key: "").status
                 let b = try await n2.rest(.GET, "/readyz", key: "").status

@@ -50,7 +50,7 @@ import Testing
             let member = try await node.connect(try await node.token(client: "present"))
             _ = try await member.call("presence.enter", #""channel":"orders:eu""#)
             let prefix = try #require(try await Self.prefix(of: cluster))
-            let env = ["REDIS_URL": cluster.redis.url, "RT_PREFIX": prefix]
+            let env = ["REDIS_URL": cluster.url, "RT_PREFIX": prefix]
             func inspect(_ args: [String]) async throws -> String { try await Self.run(["bash", "ops/rt-inspect"] + args, environment: env).1 }
             #expect(try await inspect(["channels"]).contains("orders:eu"))
             #expect(try await inspect(["history", "orders:eu"]).contains(id))
@@ -76,7 +76,7 @@ import Testing
             #expect(try await Self.run([ctl, "keys", "create", "--name", "from-ctl", "--scope", "realtime:publish"], environment: env).1.contains("k_"))
             #expect(try await Self.run([ctl, "keys", "list"], environment: env).1.contains("from-ctl"))
             #expect(try await Self.run([ctl, "presence", "ctl:x"], environment: env).1.contains("members"))
-            let status = try await Self.run([ctl, "status", "--redis-url", cluster.redis.url, "--key-prefix", try await Self.prefix(of: cluster) ?? "rt"], environment: env)
+            let status = try await Self.run([ctl, "status", "--redis-url", cluster.url, "--key-prefix", try await Self.prefix(of: cluster) ?? "rt"], environment: env)
             #expect(status.0 == 0 && status.1.contains("node-1"))
             #expect(try await Self.run([ctl, "channels", "delete", "nope:never"], environment: env).0 != 0)
         }
@@ -104,7 +104,7 @@ import Testing
 
     /// The key prefix a test cluster uses (random per cluster), read back from Redis.
     static func prefix(of cluster: Cluster) async throws -> String? {
-        let (_, out) = try await run(["redis-cli", "-u", cluster.redis.url, "--scan", "--pattern", "*:nodes"])
+        let (_, out) = try await run(["redis-cli", "-u", cluster.url, "--scan", "--pattern", "*:nodes"])
         return out.split(separator: "\n").first.map { String($0.dropLast(":nodes".count)) }
     }
 }

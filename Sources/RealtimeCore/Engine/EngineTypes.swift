@@ -58,22 +58,23 @@ public struct Replay: Sendable, Equatable {
     public var complete: Bool
     /// True when more retained messages follow the last one of this page.
     public var hasMore: Bool
-    /// The channel's epoch now.
+    /// The channel's epoch now ('' before its first publish).
     public var epoch: String
-    /// The newest id the channel's stream has ever held. A position above it names entries
-    /// the stream no longer knows of: they were lost, not trimmed (see ``isAhead(of:)``).
+    /// The newest id the channel's stream has ever held (`.zero` when none).
     public var newest: MessageID
+    /// True when the stream should still hold the position (it is above everything trimmed or
+    /// expired) and does not: entries were lost, as after a failover to a replica that missed
+    /// the last writes, or the position was never this stream's.
+    public var positionLost: Bool
 
-    public init(messages: [Message], complete: Bool, hasMore: Bool = false, epoch: String = "", newest: MessageID = .max) {
+    public init(messages: [Message], complete: Bool, hasMore: Bool = false, epoch: String = "", newest: MessageID = .zero, positionLost: Bool = false) {
         self.messages = messages
         self.complete = complete
         self.hasMore = hasMore
         self.epoch = epoch
         self.newest = newest
+        self.positionLost = positionLost
     }
-
-    /// Whether `position` is past everything the stream ever held: the stream went backwards.
-    public func isAhead(of position: MessageID) -> Bool { position > newest }
 }
 
 /// Settings every engine needs, shared by all nodes of a cluster.

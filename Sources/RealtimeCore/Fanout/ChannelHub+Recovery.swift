@@ -38,16 +38,16 @@ extension ChannelHub {
         }
     }
 
-    /// Checks a recovery read against what this node delivered. When the stream is behind the
-    /// last delivered id (a failover lost entries its subscribers saw), the epoch changes (once,
-    /// whichever node notices first); when the epoch differs from the one subscribers hold,
-    /// they are told (`resumed: false`). Either way the channel takes the stream's position as
-    /// it now is, and the caller reads again. Returns true when it did so.
+    /// Checks a recovery read against what this node delivered. When the stream does not hold
+    /// the last delivered id (a failover lost entries its subscribers saw), the epoch changes
+    /// (once, whichever node notices first); when the epoch differs from the one subscribers
+    /// hold, they are told (`resumed: false`). Either way the channel goes on from what the
+    /// stream holds now, and the caller reads again. Returns true when it did so.
     func epochMoved(_ channel: ChannelName, from: MessageID, page: Replay) async throws -> Bool {
         guard let (known, void) = shard(channel).withLock({ s -> (String, Bool)? in
             s.channels[channel].map { ($0.epoch, $0.positionVoid) }
         }) else { return false }
-        let behind = page.isAhead(of: from)
+        let behind = page.positionLost
         guard behind || (page.epoch != known && !known.isEmpty) || void else { return false }
         var epoch = page.epoch
         // Changed here unless another node already did (its epoch is not the one we knew).
@@ -63,9 +63,9 @@ extension ChannelHub {
             }
             ch.positionVoid = false
             if behind {
-                // New ids may sort below what was delivered before (another server's clock):
-                // deliver from the stream's own newest id on.
-                ch.lastDelivered = page.newest
+                // The stream's own entries after its newest are new writes: deliver from there
+                // (new ids may sort below what was delivered before, by another server's clock).
+                ch.lastDelivered = min(from, page.newest)
                 ch.maxFloor = nil
                 for i in ch.live.indices { ch.live[i].floor = nil }
             }

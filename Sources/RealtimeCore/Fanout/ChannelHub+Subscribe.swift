@@ -95,15 +95,15 @@ extension ChannelHub {
     }
 
     /// Every retained message after `position`, read in bounded pages. Not complete when a page
-    /// was trimmed past the position, when the stream no longer knows the position (it went
-    /// backwards: lost entries) or when the epoch is not `epoch` any more.
+    /// was trimmed past the position, when the stream does not hold the position (lost entries,
+    /// or never its own) or when the epoch is not `epoch` any more.
     func readReplay(_ channel: ChannelName, after position: MessageID, epoch: String) async throws -> (messages: [Message], complete: Bool) {
         var messages: [Message] = []
         var from = position
         var complete = true
         while true {
             let page = try await broker.replay(channel, after: from, limit: engine.configuration.replayPageSize)
-            if from == position { complete = page.complete && !page.isAhead(of: position) }
+            if from == position { complete = page.complete && !page.positionLost }
             if !epoch.isEmpty, page.epoch != epoch { complete = false }
             messages += page.messages
             guard page.hasMore, let last = page.messages.last else { return (messages, complete) }

@@ -62,13 +62,17 @@ extension MemoryEngine: Broker {
         return withShard(channel) { s in
             s.streams[channel]?.expire(now: now)
             let epoch = Self.epoch(channel, s, start: startEpoch)
-            guard let stream = s.streams[channel] else { return Replay(messages: [], complete: true, epoch: epoch, newest: .zero) }
+            guard let stream = s.streams[channel] else {
+                return Replay(messages: [], complete: true, epoch: epoch, newest: .zero, positionLost: position != .zero)
+            }
             let start = Self.firstIndex(in: stream.entries) { $0.id > position }
             let end = min(stream.entries.count, start + max(limit, 1))
             let complete = stream.maxDeletedID.map { $0 <= position } ?? true
+            let held = start > 0 && stream.entries[start - 1].id == position
+            let lost = position != .zero && position > (stream.maxDeletedID ?? .zero) && !held
             return Replay(
                 messages: Array(stream.entries[start..<end]), complete: complete, hasMore: end < stream.entries.count, epoch: epoch,
-                newest: stream.lastID)
+                newest: stream.lastID, positionLost: lost)
         }
     }
 

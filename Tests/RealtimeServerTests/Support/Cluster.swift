@@ -99,19 +99,51 @@ final class GatewayProcess: NodeAccess, @unchecked Sendable {
     deinit { kill9() }
 }
 
-/// A real redis-server and N gateway processes sharing it, as users run them.
+/// The Redis deployments the cluster tests run on.
+enum Deployment: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    /// One redis-server of the test's own.
+    case single
+    /// The test process's shared Redis Cluster (3 primaries + 3 replicas, sharded pub/sub).
+    case cluster
+    /// The test process's shared Sentinel setup (a primary, a replica, three sentinels).
+    case sentinel
+    var testDescription: String { rawValue }
+}
+
+/// Real Redis and N gateway processes sharing it, as users run them.
 struct Cluster {
-    let redis: RedisServerProcess
+    /// The test's own redis-server (single deployment).
+    let redis: RedisServerProcess?
+    let url: String
     let nodes: [GatewayProcess]
     static let key = "cluster-bootstrap-key-0123456789"
     static let secret = String(repeating: "c", count: 40)
 
-    static func with(nodes count: Int, environment: [String: String] = [:], _ body: (Cluster) async throws -> Void) async throws {
-        let redis = try RedisServerProcess()
-        try await redis.start()
+    /// Starts `count` nodes on the deployment (or on `topology`, a test's own cluster or
+    /// sentinel setup), each with a key prefix of the test's own.
+    static func with(
+        nodes count: Int, environment: [String: String] = [:], deployment: Deployment = .single, topology: RedisTopologyProcess? = nil,
+        urlOptions: String = "", _ body: (Cluster) async throws -> Void
+    ) async throws {
+        var redis: RedisServerProcess?
+        var url: String
+        if let topology {
+            url = topology.url
+        } else {
+            switch deployment {
+            case .single:
+                let server = try RedisServerProcess()
+                try await server.start()
+                redis = server
+                url = server.url
+            case .cluster: url = try await RedisTopologyProcess.shared(.cluster).url
+            case .sentinel: url = try await RedisTopologyProcess.shared(.sentinel).url
+            }
+        }
+        if !urlOptions.isEmpty { url += (url.contains("?") ? "&" : "?") + urlOptions }
         var nodes: [GatewayProcess] = []
         let env = [
-            "REALTIME_REDIS_URL": redis.url, "REALTIME_TOKEN_SECRET": secret, "REALTIME_API_KEY": key,
+            "REALTIME_REDIS_URL": url, "REALTIME_TOKEN_SECRET": secret, "REALTIME_API_KEY": key,
             "REALTIME_KEY_PREFIX": "t" + RandomID.hex(bytes: 3),
         ].merging(environment) { $1 }
         do {
@@ -120,14 +152,14 @@ struct Cluster {
                 try await node.start(environment: env)
                 nodes.append(node)
             }
-            try await body(Cluster(redis: redis, nodes: nodes))
+            try await body(Cluster(redis: redis, url: url, nodes: nodes))
         } catch {
             for n in nodes { await n.terminate() }
-            redis.stop()
+            redis?.stop()
             throw error
         }
         for n in nodes { await n.terminate() }
-        redis.stop()
+        redis?.stop()
     }
 }
 
