@@ -32,7 +32,9 @@ server() {  # server NAME PORT EXTRA-ARGS...
   local name=$1 port=$2
   shift 2
   mkdir -p "$RUN/$name"
-  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --protected-mode no \
+  # No delay before a replica's first sync (the default waits 5 s for more replicas): until it
+  # has synced, a replica can never be promoted.
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --protected-mode no --repl-diskless-sync-delay 0 \
     --daemonize yes --pidfile "$RUN/redis-$name.pid" --logfile "$RUN/$name/redis.log" --dir "$RUN/$name" "$@" \
     </dev/null >/dev/null 2>&1
   # Up, or gone (a port taken meanwhile): fail at once rather than wait.
@@ -66,6 +68,7 @@ cluster)
     wait_for $((P + 3 + i)) OK cluster replicate "$id"
   done
   for i in 0 1 2 3 4 5; do wait_for $((P + i)) cluster_state:ok cluster info; done
+  for i in 3 4 5; do wait_for $((P + i)) master_link_status:up info replication; done
   for i in 0 1 2 3 4 5; do
     for _ in $(seq 1 600); do
       [ "$(redis-cli -p $((P + i)) cluster nodes | awk '$3 ~ /slave/ && $8 == "connected"' | wc -l)" = 3 ] && break
@@ -77,7 +80,7 @@ cluster)
 sentinel)
   server primary "$P" --repl-ping-replica-period 1
   server replica $((P + 1)) --replicaof 127.0.0.1 "$P" --repl-ping-replica-period 1
-  wait_for "$P" connected_slaves:1 info replication
+  wait_for $((P + 1)) master_link_status:up info replication
   for i in 0 1 2; do
     port=$((P + 2 + i))
     mkdir -p "$RUN/s$i"

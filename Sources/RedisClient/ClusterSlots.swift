@@ -93,7 +93,9 @@ public struct SlotMap: Sendable, Equatable {
                 0 <= start, start <= end, end < HashSlot.count
             else { throw .protocolError("CLUSTER SLOTS: bad entry \(entry)") }
             let nodes = try fields[2...].map { value throws(RedisError) in try node(value, answeredBy: answeredBy) }
-            ranges.append(Range(slots: Int(start)...Int(end), primary: nodes[0], replicas: Array(nodes.dropFirst())))
+            // Nodes list replicas in no fixed order: sorted, equal maps compare equal.
+            let replicas = nodes.dropFirst().sorted { ($0.host, $0.port) < ($1.host, $1.port) }
+            ranges.append(Range(slots: Int(start)...Int(end), primary: nodes[0], replicas: replicas))
         }
         return SlotMap(ranges: ranges)
     }

@@ -93,18 +93,19 @@ public final class RedisClusterClient: RedisCommandSending {
     }
 
     private func install(_ map: SlotMap) {
-        let retired = state.withLock { s -> [RedisCommandClient] in
+        let (retired, newPrimaries) = state.withLock { s -> ([RedisCommandClient], Bool) in
             s.refreshing = nil
             s.refreshedAt = .now
-            guard s.map != map else { return [] }
+            guard s.map != map else { return ([], false) }
+            let changed = s.map != nil && Set(s.map!.primaries) != Set(map.primaries)
             s.map = map
             s.version += 1
             let primaries = Set(map.primaries)
             let gone = s.pools.keys.filter { !primaries.contains($0) }
-            return gone.compactMap { s.pools.removeValue(forKey: $0) }
+            return (gone.compactMap { s.pools.removeValue(forKey: $0) }, changed)
         }
         for pool in retired { pool.close() }
-        if !retired.isEmpty || mapVersion > 1 { logger.info("redis cluster slot map changed", metadata: ["primaries": "\(map.primaries)"]) }
+        if newPrimaries { logger.warning("redis cluster: the primaries changed", metadata: ["primaries": "\(map.primaries)"]) }
     }
 
     private func readMap(from candidates: [ClusterNodeAddress]) async throws -> SlotMap {
