@@ -9,16 +9,19 @@ extension RedisEngine: ChannelStore {
         let reply = try await call(write: true) {
             try await redis.evaluate(
                 scripts.createChannel, keys: [keys.meta(c)],
-                arguments: [settings.type.rawValue, String(settings.historySize), String(settings.historyTTLSeconds), String(settings.createdAt)]
+                arguments: [settings.type.rawValue, String(settings.historySize), String(settings.historyTTLSeconds), String(settings.createdAt), settings.durability.rawValue]
                     .map { ByteBuffer(string: $0) })
         }
-        guard let parts = reply.array, parts.count == 5, let type = parts[1].string.flatMap({ ChannelType(rawValue: $0) }),
+        guard let parts = reply.array, parts.count == 6, let type = parts[1].string.flatMap({ ChannelType(rawValue: $0) }),
             let size = parts[2].int, let ttl = parts[3].int, let created = parts[4].int
         else { throw RealtimeError.internal("unexpected channel reply") }
-        let stored = ChannelSettings(name: c, type: type, historySize: Int(size), historyTTLSeconds: Int(ttl), createdAt: created, explicit: true)
+        let durability = parts[5].string.flatMap { Durability(rawValue: $0) } ?? .primary
+        let stored = ChannelSettings(name: c, type: type, historySize: Int(size), historyTTLSeconds: Int(ttl), createdAt: created, explicit: true, durability: durability)
         _ = try? await redis.send(["ZADD", keys.channels, "NX", "0", c.rawValue])
         if parts[0].int == 0 {
-            guard stored.type == settings.type, stored.historySize == settings.historySize, stored.historyTTLSeconds == settings.historyTTLSeconds else {
+            guard stored.type == settings.type, stored.historySize == settings.historySize, stored.historyTTLSeconds == settings.historyTTLSeconds,
+                stored.durability == settings.durability
+            else {
                 throw RealtimeError.conflict("channel '\(c)' exists with different settings")
             }
             return (stored, false)
@@ -28,14 +31,15 @@ extension RedisEngine: ChannelStore {
 
     public func settings(_ name: ChannelName) async throws -> ChannelSettings {
         let reply = try await call {
-            try await redis.send(["HMGET", keys.meta(name), "type", "history_size", "history_ttl_seconds", "created_at", "first_used"])
+            try await redis.send(["HMGET", keys.meta(name), "type", "history_size", "history_ttl_seconds", "created_at", "first_used", "durability"])
         }
         let f = reply.array ?? []
         let d = configuration.channelDefaults
-        if f.count == 5, let type = f[0].string.flatMap({ ChannelType(rawValue: $0) }), let size = f[1].int, let ttl = f[2].int, let created = f[3].int {
-            return ChannelSettings(name: name, type: type, historySize: Int(size), historyTTLSeconds: Int(ttl), createdAt: created, explicit: true)
+        if f.count == 6, let type = f[0].string.flatMap({ ChannelType(rawValue: $0) }), let size = f[1].int, let ttl = f[2].int, let created = f[3].int {
+            let durability = f[5].string.flatMap { Durability(rawValue: $0) } ?? .primary
+            return ChannelSettings(name: name, type: type, historySize: Int(size), historyTTLSeconds: Int(ttl), createdAt: created, explicit: true, durability: durability)
         }
-        let firstUse = f.count == 5 ? f[4].int : nil
+        let firstUse = f.count == 6 ? f[4].int : nil
         return ChannelSettings(
             name: name, type: d.type, historySize: d.historySize, historyTTLSeconds: d.historyTTLSeconds,
             createdAt: firstUse ?? clock.nowMilliseconds(), explicit: false)

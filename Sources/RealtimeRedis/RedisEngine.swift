@@ -31,6 +31,8 @@ public final class RedisEngine: Sendable {
 
     /// How long a node trusts a cached API key record; revocations also clear it at once.
     static let keyCacheMilliseconds: Int64 = 2000
+    /// How long a publish on a `durability: replicated` channel waits for a replica (`WAIT`).
+    static let replicationWaitMilliseconds = 2000
     /// A node whose heartbeat is older than this no longer counts in live figures.
     static let nodeStaleMilliseconds: Int64 = 15_000
 
@@ -148,7 +150,7 @@ extension RedisEngine: Broker {
         let c = request.channel
         let defaults = configuration.channelDefaults
         let window = request.idempotencyKey == nil ? "" : String(Int64(configuration.idempotencyWindowSeconds).multipliedReportingOverflow(by: 1000).partialValue)
-        let reply = try await call(write: true) {
+        let (reply, waited) = try await call(write: true) {
             try await redis.evaluate(
                 scripts.publish,
                 keys: [keys.stream(c), request.idempotencyKey.map { keys.idempotency(c, $0) } ?? keys.stream(c), keys.meta(c)],
@@ -156,10 +158,18 @@ extension RedisEngine: Broker {
                     request.event, request.data, request.clientID ?? "", String(max(defaults.historySize, 0)),
                     String(max(defaults.historyTTLSeconds, 1) * 1000), window, keys.pubsub(c), String(clock.nowMilliseconds()),
                     RandomID.hex(bytes: 6),
-                ].map { ByteBuffer(string: $0) })
+                ].map { ByteBuffer(string: $0) },
+                then: { reply in
+                    // `durability: replicated`: acknowledged once a replica has it too.
+                    reply.array?.last?.int == 1 ? ["WAIT", "1", String(Self.replicationWaitMilliseconds)] : nil
+                })
         }
-        guard let parts = reply.array, parts.count == 3, let status = parts[0].int, let id = parts[1].string.flatMap({ MessageID($0) }) else {
+        guard let parts = reply.array, parts.count == 4, let status = parts[0].int, let id = parts[1].string.flatMap({ MessageID($0) }) else {
             throw RealtimeError.internal("unexpected publish reply \(reply)")
+        }
+        if let waited, (waited.int ?? 0) < 1 {
+            throw RealtimeError.outcomeUnknown(
+                "outcome unknown: applied on the primary but no replica confirmed it in time (durability: replicated); retry with the same idempotency_key")
         }
         if parts[2].int == 1 { _ = try? await redis.send(["ZADD", keys.channels, "NX", "0", c.rawValue]) }
         return PublishOutcome(id: id, status: status == 1 ? .published : .duplicate, timestamp: Int64(id.milliseconds))

@@ -34,14 +34,18 @@ struct RedisScripts: Sendable {
         /// maxlen, default ttl ms (the meta hash's `history_size` / `history_ttl_seconds` win when the
         /// channel was created with settings), idempotency window ms ('' = no key), pub/sub channel, now ms,
         /// a new epoch for a channel that has none (its meta hash is new, or was lost).
-        /// Returns {1, id, first_use} for a new message or {0, original id, 0} for a duplicate.
+        /// Returns {1, id, first_use, replicated} for a new message or {0, original id, 0,
+        /// replicated} for a duplicate; `replicated` is 1 when the channel's durability asks the
+        /// caller to `WAIT` for a replica before acknowledging.
         publish = RedisScript(
             """
+            local stored = redis.call('HMGET', KEYS[3], 'history_size', 'history_ttl_seconds', 'durability')
+            local replicated = 0
+            if stored[3] == 'replicated' then replicated = 1 end
             if ARGV[6] ~= '' then
               local prev = redis.call('GET', KEYS[2])
-              if prev then return {0, prev, 0} end
+              if prev then return {0, prev, 0, replicated} end
             end
-            local stored = redis.call('HMGET', KEYS[3], 'history_size', 'history_ttl_seconds')
             local maxlen = math.max((stored[1] and tonumber(stored[1])) or tonumber(ARGV[4]), 0)
             local ttl = ARGV[5]
             if stored[2] and tonumber(stored[2]) then ttl = math.max(tonumber(stored[2]), 1) * 1000 end
@@ -68,7 +72,7 @@ struct RedisScripts: Sendable {
             redis.call('HSETNX', KEYS[3], 'epoch', ARGV[9])
             redis.call('\(pub)', ARGV[7], 'm\\n' .. id .. '\\n' .. #ARGV[3] .. '\\n' .. ARGV[3] .. #ARGV[1] .. '\\n' .. ARGV[1] .. ARGV[2])
             if ARGV[6] ~= '' then redis.call('SET', KEYS[2], id, 'PX', ARGV[6]) end
-            return {1, id, first}
+            return {1, id, first, replicated}
             """)
 
         /// KEYS: stream, meta. ARGV: position, count. Returns {greatest id no longer retained, at
@@ -175,14 +179,14 @@ struct RedisScripts: Sendable {
             return redis.call('HMGET', KEYS[1], unpack(live))
             """)
 
-        /// KEYS: meta. ARGV: type, history_size, history_ttl_seconds, created_at.
-        /// Returns {created (0/1), type, history_size, history_ttl_seconds, created_at}.
+        /// KEYS: meta. ARGV: type, history_size, history_ttl_seconds, created_at, durability.
+        /// Returns {created (0/1), type, history_size, history_ttl_seconds, created_at, durability}.
         createChannel = RedisScript(
             """
-            local existing = redis.call('HMGET', KEYS[1], 'type', 'history_size', 'history_ttl_seconds', 'created_at')
-            if existing[1] then return {0, existing[1], existing[2], existing[3], existing[4]} end
-            redis.call('HSET', KEYS[1], 'type', ARGV[1], 'history_size', ARGV[2], 'history_ttl_seconds', ARGV[3], 'created_at', ARGV[4])
-            return {1, ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
+            local existing = redis.call('HMGET', KEYS[1], 'type', 'history_size', 'history_ttl_seconds', 'created_at', 'durability')
+            if existing[1] then return {0, existing[1], existing[2], existing[3], existing[4], existing[5] or 'primary'} end
+            redis.call('HSET', KEYS[1], 'type', ARGV[1], 'history_size', ARGV[2], 'history_ttl_seconds', ARGV[3], 'created_at', ARGV[4], 'durability', ARGV[5])
+            return {1, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]}
             """)
 
         /// KEYS: presence hash, expiry zset, stream, meta, subscriber counts. ARGV: pub/sub channel.

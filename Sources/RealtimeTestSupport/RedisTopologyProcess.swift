@@ -66,6 +66,16 @@ public final class RedisTopologyProcess: @unchecked Sendable {
         if let pid = pid(name) { ProcessState.killAndWait(pid) }
     }
 
+    /// Freezes one process (SIGSTOP): its connections stay open and nothing is answered.
+    public func suspend(_ name: String) {
+        if let pid = pid(name) { Glibc.kill(pid, SIGSTOP) }
+    }
+
+    /// Lets a suspended process run again (SIGCONT).
+    public func resume(_ name: String) {
+        if let pid = pid(name) { Glibc.kill(pid, SIGCONT) }
+    }
+
     /// `redis-cli -p port args…`: its output.
     public func cli(_ port: Int, _ arguments: [String]) async throws -> String {
         try await Command.run(["redis-cli", "-p", String(port)] + arguments, directory: directory, timeout: 30).output

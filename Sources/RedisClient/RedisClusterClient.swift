@@ -167,13 +167,24 @@ public final class RedisClusterClient: RedisCommandSending {
         }
     }
 
+    public func evaluate(
+        _ script: RedisScript, keys: [String], arguments: [ByteBuffer], then follow: @Sendable (RESPValue) -> [String]?
+    ) async throws -> (RESPValue, RESPValue?) {
+        let slot = try Self.slot(ofKeys: keys)
+        return try await routed(slot: slot) { connection, asking in
+            let reply = try await connection.evaluate(script, keys: keys, arguments: arguments, asking: asking)
+            guard let command = follow(reply) else { return (reply, nil) }
+            return (reply, try await connection.send(command))
+        }
+    }
+
     /// Sends a command to one particular node (`CLUSTER` commands, `SCAN` of a whole node).
     public func send(_ arguments: [String], to node: ClusterNodeAddress) async throws -> RESPValue {
         try await pool(node).send(arguments)
     }
 
     /// Runs `body` on a connection to the slot's primary, following redirections.
-    func routed(slot: Int?, _ body: (RedisConnection, Bool) async throws -> RESPValue) async throws -> RESPValue {
+    func routed<T>(slot: Int?, _ body: (RedisConnection, Bool) async throws -> T) async throws -> T {
         let (map, _) = try await slotMap()
         // A command without keys (PING) goes to the node serving slot 0.
         guard var node = map.primary(forSlot: slot ?? 0) else { throw RedisError.connection("cluster slot \(slot ?? 0) is not served") }

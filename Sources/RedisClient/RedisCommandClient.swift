@@ -12,6 +12,11 @@ public protocol RedisCommandSending: Sendable {
     func send(buffers: [ByteBuffer]) async throws -> RESPValue
     /// Runs a Lua script by SHA, loading it on `NOSCRIPT`. All `keys` must share one slot.
     func evaluate(_ script: RedisScript, keys: [String], arguments: [ByteBuffer]) async throws -> RESPValue
+    /// Runs a script, then, on the same connection, the command `follow` names for its reply
+    /// (nil: none), such as `WAIT`, which concerns the writes of its own connection only.
+    func evaluate(
+        _ script: RedisScript, keys: [String], arguments: [ByteBuffer], then follow: @Sendable (RESPValue) -> [String]?
+    ) async throws -> (RESPValue, RESPValue?)
     func close()
 }
 
@@ -75,9 +80,20 @@ public final class RedisCommandClient: RedisCommandSending {
         try await demotionChecked { try await connection().evaluate(script, keys: keys, arguments: arguments) }
     }
 
+    public func evaluate(
+        _ script: RedisScript, keys: [String], arguments: [ByteBuffer], then follow: @Sendable (RESPValue) -> [String]?
+    ) async throws -> (RESPValue, RESPValue?) {
+        try await demotionChecked {
+            let connection = try await connection()
+            let reply = try await connection.evaluate(script, keys: keys, arguments: arguments)
+            guard let command = follow(reply) else { return (reply, nil) }
+            return (reply, try await connection.send(command))
+        }
+    }
+
     /// A `READONLY` reply means the server was demoted to a replica (a failover): the write was
     /// refused, so nothing happened; the pool reconnects to whatever `resolve` names now.
-    private func demotionChecked(_ body: () async throws -> RESPValue) async throws -> RESPValue {
+    private func demotionChecked<T>(_ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
         } catch RedisError.server(let message) where message.hasPrefix("READONLY") {

@@ -60,6 +60,23 @@ import Testing
     }
 
     @Test(arguments: EngineKind.allCases)
+    func durabilityIsStoredWithTheChannelAndPartOfItsIdentity(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            var s = settings("durable")
+            s.durability = .replicated
+            let created = try await t.engine.channels.create(s)
+            #expect(created.settings.durability == .replicated)
+            #expect(try await t.engine.channels.settings(s.name).durability == .replicated)
+            #expect(try await t.engine.channels.settings(settings("other").name).durability == .primary)
+            var different = s
+            different.durability = .primary
+            await #expect(throws: RealtimeError.self) {
+                _ = try await t.engine.channels.create(different)
+            }
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
     func attachedNodeReceivesEveryMessageInOrderOnce(_ kind: EngineKind) async throws {
         try await withEngine(kind) { t in
             let s = settings("live")

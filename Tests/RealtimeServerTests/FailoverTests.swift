@@ -72,6 +72,36 @@ import Testing
         }
     }
 
+    @Test func aReplicatedChannelAcknowledgesOnlyWhatAReplicaHas() async throws {
+        let topology = RedisTopologyProcess(.sentinel)
+        try await topology.start(nodeTimeoutMilliseconds: 5000)
+        defer { Task { await topology.stop() } }
+        try await Cluster.with(nodes: 1, topology: topology) { cluster in
+            let node = cluster.nodes[0]
+            let created = try await node.rest(.POST, "/v1/realtime/channels", #"{"name":"ledger","durability":"replicated"}"#)
+            #expect(created.status == 201 && created.json["durability"].string == "replicated")
+            #expect(try await node.publish("ledger", data: "1", extra: #","idempotency_key":"a""#).status == 201)
+            // The replica stops answering: the publish is applied on the primary but not
+            // acknowledged; the answer says the outcome is unknown.
+            topology.suspend("replica")
+            let unsure = try await node.publish("ledger", data: "2", extra: #","idempotency_key":"b""#)
+            topology.resume("replica")
+            #expect(unsure.status == 504 && unsure.json["error"]["code"].int == 50400)
+            // The SDK's retry with the same key: the original id, now on the replica too.
+            let retried = try await node.publish("ledger", data: "2", extra: #","idempotency_key":"b""#)
+            #expect(retried.status == 200 && retried.json["status"].string == "duplicate")
+            let history = try await node.rest(.GET, "/v1/realtime/channels/ledger/history").json["messages"].array
+            #expect(history.count == 2 && history[0]["id"] == retried.json["message_id"])
+            // A channel with the default durability does not wait.
+            topology.suspend("replica")
+            let plain = try await node.publish("plain", data: "3")
+            topology.resume("replica")
+            #expect(plain.status == 201)
+            #expect(try await node.rest(.POST, "/v1/realtime/channels", #"{"name":"ledger","durability":"primary"}"#).status == 409)
+            #expect(try await node.rest(.POST, "/v1/realtime/channels", #"{"name":"x","durability":"eventually"}"#).status == 400)
+        }
+    }
+
     // MARK: The scenario
 
     struct Outcome {

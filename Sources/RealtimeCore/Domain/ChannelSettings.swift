@@ -18,8 +18,14 @@ public struct ChannelSettings: Sendable, Equatable {
     public var createdAt: Int64
     /// False for a channel that exists only implicitly, by use.
     public var explicit: Bool
+    /// When a publish is acknowledged: once the primary applied it, or once a replica has it too.
+    public var durability: Durability
 
-    public init(name: ChannelName, type: ChannelType, historySize: Int, historyTTLSeconds: Int, createdAt: Int64, explicit: Bool) {
+    public init(
+        name: ChannelName, type: ChannelType, historySize: Int, historyTTLSeconds: Int, createdAt: Int64, explicit: Bool,
+        durability: Durability = .primary
+    ) {
+        self.durability = durability
         self.name = name
         self.type = type
         self.historySize = historySize
@@ -30,6 +36,17 @@ public struct ChannelSettings: Sendable, Equatable {
 
     /// The channel's id on the wire: its name, which is already unique and stable across nodes.
     public var channelID: String { name.rawValue }
+}
+
+/// When a publish on a channel is acknowledged (`durability` in the channel's settings).
+public enum Durability: String, Sendable, Equatable {
+    /// Once the primary applied it (Redis replication is asynchronous: a failover right after
+    /// may lose it; the epoch then tells resuming subscribers).
+    case primary
+    /// Once at least one replica has it too (Redis `WAIT 1`); without that in time the publish
+    /// answers `50400` (applied on the primary, not yet safe), and a retry with the same
+    /// idempotency key waits again. The memory engine has no replicas: there it means `primary`.
+    case replicated
 }
 
 /// Defaults for channels used without being created.

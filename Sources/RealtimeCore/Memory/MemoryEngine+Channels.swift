@@ -3,7 +3,7 @@ extension MemoryEngine: ChannelStore {
         try withShard(settings.name) { s throws(RealtimeError) in
             if let existing = s.settings[settings.name] {
                 guard existing.type == settings.type, existing.historySize == settings.historySize,
-                    existing.historyTTLSeconds == settings.historyTTLSeconds
+                    existing.historyTTLSeconds == settings.historyTTLSeconds, existing.durability == settings.durability
                 else { throw RealtimeError.conflict("channel '\(settings.name)' exists with different settings") }
                 return (existing, false)
             }

@@ -71,6 +71,7 @@ struct RESTController: Sendable {
         w.key("type"); w.string(s.type.rawValue)
         w.key("history_size"); w.raw(String(s.historySize))
         w.key("history_ttl_seconds"); w.raw(String(s.historyTTLSeconds))
+        w.key("durability"); w.string(s.durability.rawValue)
         w.key("created_at"); w.string(Timestamp.iso8601(milliseconds: s.createdAt))
     }
 
@@ -135,8 +136,9 @@ struct RESTController: Sendable {
         var type: String?
         var historySize: Int?
         var historyTTLSeconds: Int?
+        var durability: String?
         enum CodingKeys: String, CodingKey {
-            case name, type, historySize = "history_size", historyTTLSeconds = "history_ttl_seconds"
+            case name, type, historySize = "history_size", historyTTLSeconds = "history_ttl_seconds", durability
         }
     }
 
@@ -159,11 +161,16 @@ struct RESTController: Sendable {
         if let ttl = body.historyTTLSeconds, ttl < 1 || ttl > defaults.maxHistoryTTLSeconds {
             throw RealtimeError.badRequest("field 'history_ttl_seconds' must be from 1 to \(defaults.maxHistoryTTLSeconds)")
         }
+        var durability = base?.durability ?? .primary
+        if let raw = body.durability {
+            guard let d = Durability(rawValue: raw) else { throw RealtimeError.badRequest("field 'durability' must be primary or replicated") }
+            durability = d
+        }
         let settings = ChannelSettings(
             name: name, type: type,
             historySize: body.historySize ?? base?.historySize ?? defaults.historySize,
             historyTTLSeconds: body.historyTTLSeconds ?? base?.historyTTLSeconds ?? defaults.historyTTLSeconds,
-            createdAt: runtime.clock.nowMilliseconds(), explicit: true)
+            createdAt: runtime.clock.nowMilliseconds(), explicit: true, durability: durability)
         let (stored, created) = try await engine { try await runtime.engine.channels.create(settings) }
         return JSONResponse.object(created ? .created : .ok) { channelJSON(stored, &$0) }
     }
