@@ -323,6 +323,26 @@ func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: ()
         }
     }
 
+    @Test func aLossFollowedByNewWritesChangesTheEpochOnceAndDeliversTheNewWrites() async throws {
+        try await withHub { hub, broker in
+            let sink = RecordingSink()
+            _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in }
+            let before = try await publish(broker, 0..<4)
+            try await waitUntil("live") { sink.messageIDs.count == 4 }
+            // The new primary lacks the last two delivered ids, and takes writes (with higher
+            // ids) before this node reads back.
+            broker.interrupt()
+            broker.state.withLock { $0.lost = (before[1], before[3]) }
+            let after = try await publish(broker, 4..<6)
+            broker.restore()
+            try await waitUntil("the new writes") { sink.messageIDs.count == 6 }
+            #expect(sink.messageIDs == (before + after).map(\.description))
+            #expect(sink.all.filter { $0.contains("\"resumed\":false") }.count == 1)
+            try await Task.sleep(for: .milliseconds(200), clock: .suspending)
+            #expect(broker.state.withLock { $0.changedEpochs } == 1)
+        }
+    }
+
     @Test func aPositionThatTheStreamNeverHeldDoesNotResume() async throws {
         try await withHub { hub, broker in
             let ids = try await publish(broker, 0..<2)

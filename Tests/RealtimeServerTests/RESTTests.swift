@@ -169,7 +169,7 @@ import Testing
         try await TestNode.with { node in
             let made = try await node.rest(.POST, "/v1/realtime/channels", #"{"name":"room:1","type":"presence","history_size":50,"history_ttl_seconds":600}"#)
             #expect(made.status == 201)
-            #expect(made.json.keys == ["channel_id", "name", "type", "history_size", "history_ttl_seconds", "created_at"])
+            #expect(made.json.keys == ["channel_id", "name", "type", "history_size", "history_ttl_seconds", "durability", "created_at"])
             #expect(made.json["type"].string == "presence" && made.json["history_size"].int == 50)
             let again = try await node.rest(.POST, "/v1/realtime/channels", #"{"name":"room:1","type":"presence"}"#)
             #expect(again.status == 200 && again.json["history_size"].int == 50)

@@ -44,10 +44,10 @@ extension ChannelHub {
     /// hold, they are told (`resumed: false`). Either way the channel goes on from what the
     /// stream holds now, and the caller reads again. Returns true when it did so.
     func epochMoved(_ channel: ChannelName, from: MessageID, page: Replay) async throws -> Bool {
-        guard let (known, void) = shard(channel).withLock({ s -> (String, Bool)? in
-            s.channels[channel].map { ($0.epoch, $0.positionVoid) }
+        guard let (known, void, handled) = shard(channel).withLock({ s -> (String, Bool, MessageID?)? in
+            s.channels[channel].map { ($0.epoch, $0.positionVoid, $0.lossHandledAt) }
         }) else { return false }
-        let behind = page.positionLost
+        let behind = page.positionLost && handled != from
         guard behind || (page.epoch != known && !known.isEmpty) || void else { return false }
         var epoch = page.epoch
         // Changed here unless another node already did (its epoch is not the one we knew).
@@ -66,6 +66,7 @@ extension ChannelHub {
                 // The stream's own entries after its newest are new writes: deliver from there
                 // (new ids may sort below what was delivered before, by another server's clock).
                 ch.lastDelivered = min(from, page.newest)
+                ch.lossHandledAt = ch.lastDelivered
                 ch.maxFloor = nil
                 for i in ch.live.indices { ch.live[i].floor = nil }
             }

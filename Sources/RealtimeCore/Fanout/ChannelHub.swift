@@ -132,6 +132,9 @@ public final class ChannelHub: Sendable {
         /// Another node changed the epoch: the stream may now be behind `lastDelivered`, and
         /// recovery takes its newest id as the position instead of changing the epoch again.
         var positionVoid = false
+        /// The delivered id found lost and dealt with (epoch changed, subscribers told): the
+        /// stream keeps not holding it, which is no new loss.
+        var lossHandledAt: MessageID?
         var count: Int { live.count + pending.count }
     }
 
