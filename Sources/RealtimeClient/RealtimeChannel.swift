@@ -27,6 +27,8 @@ public final class RealtimeChannel: Sendable {
     private struct State {
         var wanted = false
         var lastID: String?
+        /// The channel's epoch from the last `subscribed`: sent back with `since_id`.
+        var epoch: String?
         /// Entered presence data (`.some(nil)`: entered without data); nil: not entered.
         var presence: RealtimeJSON??
         /// Bumped by every enter/update, so a newer call is always sent.
@@ -51,13 +53,21 @@ public final class RealtimeChannel: Sendable {
     /// The id of the last message received; resubscribes resume from it.
     public var lastID: String? { state.withLock { $0.lastID } }
 
+    /// The channel's epoch from the last `subscribed`. Store it with ``lastID``: a resume with
+    /// both answers `false` (``ChannelEvent/missedMessages(sinceID:)``) when a Redis failover
+    /// lost messages after that id, instead of leaving a silent gap.
+    public var epoch: String? { state.withLock { $0.epoch } }
+
     /// Subscribes now (waiting for the connection) and after every reconnect.
-    /// `sinceID` resumes from a message id you stored earlier.
+    /// `sinceID` (with the `epoch` stored alongside it) resumes from a message id you stored earlier.
     @discardableResult
-    public func subscribe(sinceID: String? = nil) async throws -> Bool {
+    public func subscribe(sinceID: String? = nil, epoch: String? = nil) async throws -> Bool {
         state.withLock {
             $0.wanted = true
-            if let sinceID { $0.lastID = sinceID }
+            if let sinceID {
+                $0.lastID = sinceID
+                $0.epoch = epoch
+            }
         }
         try await connection.waitUntilConnected()
         return try await subscription(in: await connection.generation).value
@@ -155,11 +165,13 @@ public final class RealtimeChannel: Sendable {
     }
 
     private func resubscribe() async throws -> Bool {
-        let since = state.withLock { $0.lastID }
+        let (since, epoch) = state.withLock { ($0.lastID, $0.epoch) }
         var fields: [String: RealtimeJSON] = ["channel": .string(name)]
         if let since { fields["since_id"] = .string(since) }
+        if since != nil, let epoch, !epoch.isEmpty { fields["epoch"] = .string(epoch) }
         let reply = try await connection.request("subscribe", fields)
         let resumed = reply["resumed"]?.bool ?? false
+        state.withLock { $0.epoch = reply["epoch"]?.string }
         eventSink.yield(.subscribed(resumed: resumed))
         if let since, !resumed { eventSink.yield(.missedMessages(sinceID: since)) }
         return resumed
@@ -171,6 +183,17 @@ public final class RealtimeChannel: Sendable {
     }
 
     func deliver(_ event: PresenceEvent) { presenceSink.yield(event) }
+
+    /// A `subscribed` without a `ref`: the node found messages missing (trimmed before it could
+    /// read them back, or lost in a Redis failover) and goes on; the epoch may be new.
+    func resynced(epoch: String?) {
+        let since = state.withLock { s -> String? in
+            if let epoch { s.epoch = epoch }
+            return s.lastID
+        }
+        eventSink.yield(.subscribed(resumed: false))
+        if let since { eventSink.yield(.missedMessages(sinceID: since)) }
+    }
 
     func ended() {
         state.withLock { $0.wanted = false }

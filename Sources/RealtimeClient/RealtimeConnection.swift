@@ -223,6 +223,8 @@ public actor RealtimeConnection {
             }
         case "unsubscribed":
             if let name = frame["channel"]?.string { channels[name]?.ended() }
+        case "subscribed":
+            if let name = frame["channel"]?.string { channels[name]?.resynced(epoch: frame["epoch"]?.string) }
         case "token_expiring":
             Task { await self.refreshToken() }
         case "error":

@@ -2,6 +2,7 @@ import Hummingbird
 import HummingbirdWebSocket
 import Logging
 import RealtimeClient
+import RealtimeCore
 import ServiceLifecycle
 import Synchronization
 import RealtimeTestSupport
@@ -120,6 +121,38 @@ import Testing
             #expect(drops == 2)
             #expect(received == (0..<150).map { RealtimeJSON.number(Double($0)) })
             #expect(Set(ids).count == 150)
+            await connection.close()
+        }
+    }
+
+    @Test func theSDKKeepsTheEpochHearsOfALossAndResumesOnlyWithinOneEpoch() async throws {
+        let memory = MemoryEngine()
+        try await TestNode.with(engine: memory.engine) { node in
+            let rest = RealtimeREST(baseURL: node.base, apiKey: node.key)
+            let connection = RealtimeConnection(options: .init(endpoint: node.wsURL) {
+                try await rest.issueToken(TokenRequest(clientID: "epochs", capabilities: ["*": ["*"]])).token
+            })
+            await connection.connect()
+            let first = try await rest.publish(channel: "sdk-epoch", event: "e", data: 0)
+            let feed = await connection.channel("sdk-epoch")
+            var events = feed.events.makeAsyncIterator()
+            #expect(try await feed.subscribe(sinceID: first.messageID) == true)
+            #expect(await events.next() == .subscribed(resumed: true))
+            let epoch = try #require(feed.epoch)
+            #expect(!epoch.isEmpty)
+            // A node finds messages lost (a Redis failover): the live subscriber is told, with
+            // the new epoch, which the next resume sends.
+            let changed = try await memory.changeEpoch(try ChannelName(validating: "sdk-epoch"), from: epoch)
+            #expect(await events.next() == .subscribed(resumed: false))
+            #expect(await events.next() == .missedMessages(sinceID: first.messageID))
+            try await node.eventually("the new epoch") { feed.epoch == changed }
+            await connection.dropTransport()
+            #expect(await events.next() == .subscribed(resumed: true))
+            // A position stored with an epoch that is no longer the channel's does not resume.
+            let later = await connection.channel("sdk-epoch-2")
+            _ = try await rest.publish(channel: "sdk-epoch-2", event: "e", data: 1)
+            let stale = try await rest.publish(channel: "sdk-epoch-2", event: "e", data: 2)
+            #expect(try await later.subscribe(sinceID: stale.messageID, epoch: "an-old-epoch") == false)
             await connection.close()
         }
     }

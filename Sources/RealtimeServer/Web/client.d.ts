@@ -90,6 +90,9 @@ export interface ChannelOptions extends ClientOptions {
   client?: RealtimeClient;
   /** Resume from this message id on the first subscribe. */
   sinceId?: string;
+  /** The epoch stored with sinceId (from a "subscribed"): a resume across a Redis failover
+   * that lost messages then answers resumed: false instead of leaving a silent gap. */
+  epoch?: string;
 }
 
 /** The one-argument form: `new RealtimeChannel({ channel: "orders:eu", token })`. */
@@ -109,6 +112,8 @@ export class RealtimeChannel extends Emitter<{
   readonly name: string;
   readonly client: RealtimeClient;
   readonly lastId: string | null;
+  /** The channel's epoch from the last "subscribed": store it with lastId, resume with both. */
+  readonly epoch: string | null;
   readonly state: "subscribing" | "subscribed" | "unsubscribed";
   subscribe(): Promise<unknown>;
   unsubscribe(): Promise<void>;

@@ -187,6 +187,11 @@ export class RealtimeClient extends Emitter {
       case "unsubscribed":
         this._channels.get(f.channel)?._ended();
         break;
+      case "subscribed":
+        // Without a ref: the node found messages missing (trimmed before it could read them
+        // back, or lost in a Redis failover); the epoch may be new.
+        this._channels.get(f.channel)?._resynced(f);
+        break;
       case "token_expiring":
         if (this.options.getToken) {
           this._refreshToken().then((token) => this.request("auth", { token })).catch((e) => this._emit("error", e));
@@ -282,6 +287,8 @@ export class RealtimeChannel extends Emitter {
     this.client = options.client ?? new RealtimeClient(options);
     if (this._own) this.client._channels.set(name, this);
     this.lastId = options.sinceId ?? null;
+    // The channel's epoch from the last "subscribed" (or options.epoch, stored with sinceId).
+    this.epoch = options.epoch ?? null;
     this.state = "unsubscribed";
     this._wanted = false;
     this._presence = null;       // {data} while entered
@@ -312,8 +319,10 @@ export class RealtimeChannel extends Emitter {
     if (!this._wanted) return Promise.resolve();
     this._setState("subscribing");
     const since = this.lastId;
-    this._subscribed = this.client.request("subscribe", { channel: this.name, ...(since ? { since_id: since } : {}) })
+    const epoch = since && this.epoch ? { epoch: this.epoch } : {};
+    this._subscribed = this.client.request("subscribe", { channel: this.name, ...(since ? { since_id: since } : {}), ...epoch })
       .then((r) => {
+        this.epoch = r.epoch;
         this._setState("subscribed", { resumed: r.resumed });
         if (since && !r.resumed) this._emit("resumed", { resumed: false, since_id: since });
         return r;
@@ -324,6 +333,11 @@ export class RealtimeChannel extends Emitter {
   _message(m) {
     this.lastId = m.id;
     this._emit("message", m);
+  }
+
+  _resynced(f) {
+    if (f.epoch !== undefined) this.epoch = f.epoch;
+    this._emit("resumed", { resumed: false, since_id: this.lastId });
   }
 
   _ended() {

@@ -416,6 +416,8 @@ class Channel:
         self.conn = conn
         self.name = name
         self.last_id = None
+        # The channel's epoch from the last `subscribed`, sent back with `since_id`.
+        self.epoch = None
         self.resumed = None
         self.on_gap = None
         self.on_presence = None
@@ -487,12 +489,16 @@ class Channel:
         fields = {"channel": self.name}
         if since is not None:
             fields["since_id"] = since
+            if self.epoch:
+                fields["epoch"] = self.epoch
         self._attached = self.conn._generation
         await self.conn.request("subscribe", on_reply=lambda reply: self._resume_result(reply, since), **fields)
 
     def _resume_result(self, reply, since):
         # Queued ahead of the replayed messages that follow the reply.
         self.resumed = reply.get("resumed")
+        if reply.get("epoch") is not None:
+            self.epoch = reply.get("epoch")
         if since is not None and reply.get("resumed") is False:
             self._queue.put_nowait({"type": "resumed", "resumed": False, "since_id": since, "channel": self.name})
             if self.on_gap is not None:

@@ -96,8 +96,8 @@ def redis_cluster():
     nodes = {}
 
     def start(name, port):
-        nodes[name] = {"port": port, "proc": start_gateway(port, REALTIME_REDIS_URL=redis.url, REALTIME_NODE_ID=name,
-                                                          REALTIME_TOKEN_SECRET=SECRET)}
+        nodes[name] = {"port": port, "redis_url": redis.url,
+                       "proc": start_gateway(port, REALTIME_REDIS_URL=redis.url, REALTIME_NODE_ID=name, REALTIME_TOKEN_SECRET=SECRET)}
         return nodes[name]
 
     start("node-a", free_port())

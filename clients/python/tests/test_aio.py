@@ -3,6 +3,7 @@ realtime subscriber that resumes across a dropped connection without loss or dup
 told `resumed: false` when the node lost its history, keeps presence, refreshes its token,
 and publishes exactly once when a reply is lost."""
 import asyncio
+import subprocess
 import uuid
 
 import pytest
@@ -266,3 +267,36 @@ def test_a_subscriber_survives_a_node_restart_without_losing_a_message(redis_clu
 
 async def _true(value):
     return value
+
+
+def test_a_resume_across_an_epoch_change_reports_the_gap(redis_cluster):
+    """The client keeps the channel's epoch with its last id. While it is away, the channel's
+    stream loses entries (as a Redis failover to a replica that missed writes does: the epoch
+    changes). Its resume then reports a gap instead of going on as if nothing happened."""
+    nodes, start = redis_cluster
+    a, b = nodes["node-a"], nodes["node-b"]
+    redis_url = a["redis_url"]
+
+    async def scenario():
+        name = unique("epoch")
+        gaps = []
+        async with AsyncRealtime(url=f"http://127.0.0.1:{b['port']}", api_key=KEY) as backend:
+            async def get_token():
+                return await backend.token.issue(client_id="sub", capabilities={name: ["*"]})
+
+            async with backend.connect(get_token=get_token, url=f"ws://127.0.0.1:{a['port']}/v1/realtime/ws",
+                                       min_retry=0.2, max_retry=1.0) as conn:
+                channel = conn.channel(name, on_gap=gaps.append)
+                await backend.publish(name, "tick", {"seq": 0})
+                await channel.subscribe()
+                await backend.publish(name, "tick", {"seq": 1})
+                first = await channel.messages().__anext__()
+                assert first["data"]["seq"] == 1 and channel.epoch
+                await asyncio.to_thread(stop, a["proc"])
+                # What a node does when it finds the stream lost entries: a new epoch.
+                await asyncio.to_thread(subprocess.run, ["redis-cli", "-u", redis_url, "HSET", f"rt:{{{name}}}:m", "epoch", "after-failover"],
+                                        check=True, capture_output=True)
+                await asyncio.to_thread(start, "node-a", a["port"])
+                await eventually(lambda: _true(gaps == [first["id"]]), timeout=30)
+                assert channel.epoch == "after-failover"
+    run(scenario(), timeout=90)
