@@ -21,5 +21,5 @@ stop() {  # stop PIDFILE SIGNAL
 for f in "$RUN"/node-*.pid; do stop "$f" TERM & done
 wait
 stop "$RUN/nginx.pid" TERM
-stop "$RUN/redis.pid" TERM
+RT_RUN_DIR="$RUN" bash ops/redis-down.sh >/dev/null
 echo "cluster down"

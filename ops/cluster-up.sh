@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Starts the docker-compose topology natively on loopback, without Docker: one redis-server,
-# three gateway nodes and an nginx load balancer in front, all from Debian packages.
+# Starts the docker-compose topology natively on loopback, without Docker: Redis, three
+# gateway nodes and an nginx load balancer in front, all from Debian packages.
 #
 #   bash ops/cluster-up.sh          # LB on http://127.0.0.1:8080, nodes on 8081-8083, redis on 6390
+#   RT_REDIS=cluster bash ops/cluster-up.sh    # on a Redis Cluster (3 primaries + 3 replicas, 6390-6395)
+#   RT_REDIS=sentinel bash ops/cluster-up.sh   # behind Sentinel (primary 6390, replica 6391, sentinels 6392-6394)
 #   bash ops/cluster-down.sh        # stops exactly what this started (by PID)
 #
 # Settings (environment): RT_BASE_PORT (LB port; nodes use the next three), RT_REDIS_PORT,
@@ -45,14 +47,13 @@ if [ "${RT_TLS:-}" = 1 ]; then
   node_tls=(--tls-cert-file "$TLS/server.crt" --tls-key-file "$TLS/server.key")
 fi
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
-  --daemonize yes --pidfile "$RUN/redis.pid" --logfile "$RUN/redis.log" --dir "$RUN" </dev/null >/dev/null 2>&1
-for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+# Redis in the chosen topology (ops/redis-up.sh prints the URL the nodes take).
+REDIS_URL=$(RT_RUN_DIR="$RUN" RT_REDIS_PORT="$REDIS_PORT" bash ops/redis-up.sh "${RT_REDIS:-single}" | tail -n 1)
 
 upstreams=""
 for i in $(seq 1 "$NODES"); do
   port=$((BASE + i))
-  REALTIME_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" REALTIME_TOKEN_SECRET="$(cat "$RUN/token-secret")" \
+  REALTIME_REDIS_URL="$REDIS_URL" REALTIME_TOKEN_SECRET="$(cat "$RUN/token-secret")" \
   REALTIME_API_KEY="$(cat "$RUN/api-key")" REALTIME_PUBLIC_URL="$SCHEME://127.0.0.1:$BASE" \
     nohup "$BIN" --port "$port" --node-id "node-$i" "${node_tls[@]}" </dev/null > "$RUN/node-$i.log" 2>&1 &
   echo $! > "$RUN/node-$i.pid"
@@ -109,8 +110,8 @@ for _ in $(seq 1 200); do
   sleep 0.1
 done
 if [ "${ready:-0}" != 1 ]; then echo "cluster-up: the load balancer did not become ready; see $RUN/*.log" >&2; exit 1; fi
-echo "cluster up: $SCHEME://127.0.0.1:$BASE (nodes 127.0.0.1:$((BASE + 1))-$((BASE + NODES)), redis 127.0.0.1:$REDIS_PORT)"
+echo "cluster up: $SCHEME://127.0.0.1:$BASE (nodes 127.0.0.1:$((BASE + 1))-$((BASE + NODES)), redis ${RT_REDIS:-single}: $REDIS_URL)"
 echo "API key: $(cat "$RUN/api-key")"
 [ "$SCHEME" = https ] && echo "CA certificate: $TLS/ca.crt"
 true
-echo "Inspect: REDIS_URL=redis://127.0.0.1:$REDIS_PORT bash ops/rt-inspect channels"
+echo "Inspect: REDIS_URL=$REDIS_URL bash ops/rt-inspect channels"

@@ -137,7 +137,7 @@ public final class RedisTopologyProcess: @unchecked Sendable {
 
     /// The first port of `count` consecutive free ports in `range` (with their bus ports, port +
     /// 10000, free too when `bus`).
-    static func freeBlock(_ count: Int, in range: Range<Int>, bus: Bool) async throws -> Int {
+    public static func freeBlock(_ count: Int, in range: Range<Int>, bus: Bool) async throws -> Int {
         for _ in 0..<200 {
             let base = Int.random(in: range.lowerBound..<(range.upperBound - count))
             var free = true

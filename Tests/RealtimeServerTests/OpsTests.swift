@@ -14,13 +14,20 @@ import Testing
         return (result.status, result.output)
     }
 
-    @Test func nativeClusterServesThroughTheLoadBalancerAndStopsCleanly() async throws {
+    @Test(arguments: Deployment.allCases)
+    func nativeClusterServesThroughTheLoadBalancerAndStopsCleanly(_ deployment: Deployment) async throws {
         let runDir = FileManager.default.temporaryDirectory.appendingPathComponent("rt-run-\(UUID().uuidString)").path
         // Below the kernel's ephemeral range, so no other test's free-port pick can collide.
         let base = try Self.freeBlock(of: 5, in: 26_000..<32_000)
+        // A Redis Cluster's six ports (and their bus ports) and a Sentinel setup's five: apart.
+        let redisPort = switch deployment {
+        case .single: base + 4
+        case .cluster: try await RedisTopologyProcess.freeBlock(6, in: 10_000..<16_000, bus: true)
+        case .sentinel: try await RedisTopologyProcess.freeBlock(5, in: 16_000..<20_000, bus: false)
+        }
         let env = [
-            "RT_BASE_PORT": String(base), "RT_REDIS_PORT": String(base + 4), "RT_RUN_DIR": runDir,
-            "RT_GATEWAY_BIN": GatewayProcess.binary.path,
+            "RT_BASE_PORT": String(base), "RT_REDIS_PORT": String(redisPort), "RT_RUN_DIR": runDir,
+            "RT_GATEWAY_BIN": GatewayProcess.binary.path, "RT_REDIS": deployment.rawValue,
         ]
         let (status, output) = try await Self.run(["bash", "ops/cluster-up.sh"], environment: env)
         defer { _ = try? Command.runDetached(["bash", "ops/cluster-down.sh"], directory: Self.root.path, environment: env) }
@@ -35,14 +42,20 @@ import Testing
 
         let (downStatus, _) = try await Self.run(["bash", "ops/cluster-down.sh"], environment: env)
         #expect(downStatus == 0)
-        for name in ["nginx.pid", "redis.pid", "node-1.pid", "node-2.pid", "node-3.pid"] {
+        let redisFiles = switch deployment {
+        case .single: ["redis-single.pid"]
+        case .cluster: (0..<6).map { "redis-c\($0).pid" }
+        case .sentinel: ["redis-primary.pid", "redis-replica.pid", "redis-s0.pid", "redis-s1.pid", "redis-s2.pid"]
+        }
+        for name in ["nginx.pid", "node-1.pid", "node-2.pid", "node-3.pid"] + redisFiles {
             #expect(!FileManager.default.fileExists(atPath: runDir + "/" + name), "\(name) left behind")
         }
         #expect((try? await lb.rest(.GET, "/healthz", key: "")) == nil)
     }
 
-    @Test func inspectShowsEveryKindOfKeyAndNeverASecret() async throws {
-        try await Cluster.with(nodes: 1) { cluster in
+    @Test(arguments: Deployment.allCases)
+    func inspectShowsEveryKindOfKeyAndNeverASecret(_ deployment: Deployment) async throws {
+        try await Cluster.with(nodes: 1, deployment: deployment) { cluster in
             let node = cluster.nodes[0]
             let made = try await node.rest(.POST, "/v1/realtime/keys", #"{"name":"inspected","scopes":["realtime:publish"]}"#)
             let secret = try #require(made.json["key"].string)
@@ -63,8 +76,9 @@ import Testing
         }
     }
 
-    @Test func realtimectlDrivesTheAPI() async throws {
-        try await Cluster.with(nodes: 1) { cluster in
+    @Test(arguments: Deployment.allCases)
+    func realtimectlDrivesTheAPI(_ deployment: Deployment) async throws {
+        try await Cluster.with(nodes: 1, deployment: deployment) { cluster in
             let node = cluster.nodes[0]
             let ctl = GatewayProcess.binary.deletingLastPathComponent().appendingPathComponent("realtimectl").path
             let env = ["REALTIME_URL": node.base, "REALTIME_API_KEY": node.key]
@@ -77,7 +91,13 @@ import Testing
             #expect(try await Self.run([ctl, "keys", "list"], environment: env).1.contains("from-ctl"))
             #expect(try await Self.run([ctl, "presence", "ctl:x"], environment: env).1.contains("members"))
             let status = try await Self.run([ctl, "status", "--redis-url", cluster.url, "--key-prefix", try await Self.prefix(of: cluster) ?? "rt"], environment: env)
-            #expect(status.0 == 0 && status.1.contains("node-1"))
+            #expect(status.0 == 0 && status.1.contains("node-1"), "\(status.1)")
+            // The deployment's own view: the shards of a cluster, the sentinels' primary.
+            switch deployment {
+            case .single: break
+            case .cluster: #expect(status.1.contains("redis cluster: 3 shards") && status.1.contains("replicas: 127.0.0.1:"), "\(status.1)")
+            case .sentinel: #expect(status.1.components(separatedBy: ": primary 127.0.0.1:").count == 4, "\(status.1)")
+            }
             #expect(try await Self.run([ctl, "channels", "delete", "nope:never"], environment: env).0 != 0)
         }
     }
@@ -102,9 +122,6 @@ import Testing
         throw CocoaError(.fileNoSuchFile)
     }
 
-    /// The key prefix a test cluster uses (random per cluster), read back from Redis.
-    static func prefix(of cluster: Cluster) async throws -> String? {
-        let (_, out) = try await run(["redis-cli", "-u", cluster.url, "--scan", "--pattern", "*:nodes"])
-        return out.split(separator: "\n").first.map { String($0.dropLast(":nodes".count)) }
-    }
+    /// The key prefix a test cluster uses (random per cluster).
+    static func prefix(of cluster: Cluster) async throws -> String? { cluster.prefix }
 }

@@ -115,6 +115,8 @@ struct Cluster {
     /// The test's own redis-server (single deployment).
     let redis: RedisServerProcess?
     let url: String
+    /// The nodes' key prefix (a random one per test).
+    let prefix: String
     let nodes: [GatewayProcess]
     static let key = "cluster-bootstrap-key-0123456789"
     static let secret = String(repeating: "c", count: 40)
@@ -142,9 +144,9 @@ struct Cluster {
         }
         if !urlOptions.isEmpty { url += (url.contains("?") ? "&" : "?") + urlOptions }
         var nodes: [GatewayProcess] = []
+        let prefix = environment["REALTIME_KEY_PREFIX"] ?? "t" + RandomID.hex(bytes: 3)
         let env = [
-            "REALTIME_REDIS_URL": url, "REALTIME_TOKEN_SECRET": secret, "REALTIME_API_KEY": key,
-            "REALTIME_KEY_PREFIX": "t" + RandomID.hex(bytes: 3),
+            "REALTIME_REDIS_URL": url, "REALTIME_TOKEN_SECRET": secret, "REALTIME_API_KEY": key, "REALTIME_KEY_PREFIX": prefix,
         ].merging(environment) { $1 }
         do {
             for i in 0..<count {
@@ -152,7 +154,7 @@ struct Cluster {
                 try await node.start(environment: env)
                 nodes.append(node)
             }
-            try await body(Cluster(redis: redis, url: url, nodes: nodes))
+            try await body(Cluster(redis: redis, url: url, prefix: prefix, nodes: nodes))
         } catch {
             for n in nodes { await n.terminate() }
             redis?.stop()
