@@ -107,6 +107,12 @@ import Testing
         #expect(status == 0)
         let compose = try String(contentsOf: Self.root.appendingPathComponent("docker-compose.yml"), encoding: .utf8)
         for service in ["redis:", "node1:", "node2:", "node3:", "lb:"] { #expect(compose.contains(service)) }
+        // The Redis Cluster and Sentinel profiles validate too, with their services.
+        for (profile, services) in [("cluster", ["redis-c5", "redis-cluster-init"]), ("sentinel", ["redis-primary", "redis-replica", "sentinel3"])] {
+            let (valid, listed) = try await Self.run(["docker-compose", "-f", "docker-compose.yml", "--profile", profile, "config", "--services"])
+            #expect(valid == 0)
+            for service in services { #expect(listed.split(separator: "\n").contains(Substring(service)), "\(profile): \(service)") }
+        }
     }
 
     /// The first of `count` consecutive ports that are free right now.
