@@ -23,7 +23,7 @@ public final class RedisEngine: Sendable {
     let presenceClock: (any RealtimeClock)?
     let clock: any RealtimeClock
     let logger: Logger
-    let handler = Mutex<(@Sendable (EngineEvent) -> Void)?>(nil)
+    let handler = Mutex<EventHandler?>(nil)
     /// Readiness probes this node sent and has not seen come back yet (bounded: one per probe
     /// in flight; other nodes' probes are ignored).
     let probes = Mutex<[String: Bool]>([:])
@@ -85,7 +85,7 @@ public final class RedisEngine: Sendable {
             return
         }
         guard let channel = keys.channel(fromPubsub: pubsubChannel), let event = RedisWire.decode(payload, channel: channel) else { return }
-        handler.withLock { $0 }?(event)
+        handler.withLock { $0 }?.deliver(event)
     }
 
     func receivedControl(_ payload: ByteBuffer) {
@@ -93,7 +93,7 @@ public final class RedisEngine: Sendable {
         if text.hasPrefix("k\n") {
             let keyID = String(text.dropFirst(2))
             keyCache.withLock { _ = $0.removeValue(forKey: keyID) }
-            handler.withLock { $0 }?(.keyRevoked(keyID: keyID))
+            handler.withLock { $0 }?.deliver(.keyRevoked(keyID: keyID))
         } else if text.hasPrefix("r\n") {
             let nonce = String(text.dropFirst(2))
             probes.withLock { p in if p[nonce] != nil { p[nonce] = true } }
@@ -103,7 +103,7 @@ public final class RedisEngine: Sendable {
 
 extension RedisEngine: Broker {
     public func run(delivering handler: @escaping @Sendable (EngineEvent) -> Void) async throws {
-        self.handler.withLock { $0 = handler }
+        self.handler.withLock { $0 = EventHandler(handler) }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 await self.subscriber.run(

@@ -1,3 +1,18 @@
+/// A handler of engine events, held by reference.
+///
+/// **Decision**: never keep a closure directly in a `Mutex` (`Mutex<((EngineEvent) -> Void)?>`):
+/// with optimizations, Swift 6.3's `withLock { $0 }` writes back a reabstracted copy of the
+/// closure on every read, so each call wraps it in one more thunk, and after some tens of
+/// thousands of events calling it overflows the stack (found by `bench/shards.sh`: a node
+/// crashed with 116,000 nested thunk frames). A class reference has no abstraction to change.
+public final class EventHandler: Sendable {
+    public let deliver: @Sendable (EngineEvent) -> Void
+
+    public init(_ deliver: @escaping @Sendable (EngineEvent) -> Void) {
+        self.deliver = deliver
+    }
+}
+
 /// What the engine tells the node: traffic on subscribed channels, node-wide control events,
 /// and the state of its live link.
 public enum EngineEvent: Sendable {

@@ -11,7 +11,7 @@ extension ChannelHub {
         case .channelDeleted(let channel):
             channelDeleted(channel)
         case .keyRevoked:
-            controlHandler.withLock { $0 }?(event)
+            controlHandler.withLock { $0 }?.deliver(event)
         case .interrupted:
             brokerUp.store(false, ordering: .relaxed)
             interruptions.add(1, ordering: .relaxed)

@@ -55,7 +55,7 @@ public final class ChannelHub: Sendable {
     let brokerUp = Atomic<Bool>(true)
     /// Counts `interrupted` events, so a recovery that raced a new interruption starts over.
     let interruptions = Atomic<Int>(0)
-    let controlHandler = Mutex<(@Sendable (EngineEvent) -> Void)?>(nil)
+    let controlHandler = Mutex<EventHandler?>(nil)
     let batches = Mutex<[ObjectIdentifier: FlushBatch]>([:])
     let background = Mutex<Background>(Background())
 
@@ -162,7 +162,7 @@ public final class ChannelHub: Sendable {
 
     /// Receives node-wide control events (key revocations) that concern no channel's subscribers.
     public func onControl(_ handler: @escaping @Sendable (EngineEvent) -> Void) {
-        controlHandler.withLock { $0 = handler }
+        controlHandler.withLock { $0 = EventHandler(handler) }
     }
 
     /// Subscribers on this node for a channel.

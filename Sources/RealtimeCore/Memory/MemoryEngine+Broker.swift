@@ -3,7 +3,7 @@ import DequeModule
 /// The broker of the memory engine: every publish reaches the one node, so subscribing is free.
 extension MemoryEngine: Broker {
     public func run(delivering handler: @escaping @Sendable (EngineEvent) -> Void) async throws {
-        self.handler.withLock { $0 = handler }
+        self.handler.withLock { $0 = EventHandler(handler) }
         defer { self.handler.withLock { $0 = nil } }
         while !Task.isCancelled {
             try? await Task.sleep(for: .seconds(1), clock: .suspending)

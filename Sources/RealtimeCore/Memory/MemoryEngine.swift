@@ -15,7 +15,7 @@ public final class MemoryEngine: Sendable {
     let clock: any RealtimeClock
     let shards: [Locked<Shard>]
     let keyRecords = Mutex<[String: APIKeyRecord]>([:])
-    let handler = Mutex<(@Sendable (EngineEvent) -> Void)?>(nil)
+    let handler = Mutex<EventHandler?>(nil)
     /// Every channel's epoch until one changes: new at each start, since a restarted node has
     /// lost its history and a position from before means nothing.
     let startEpoch = RandomID.hex(bytes: 6)
@@ -117,7 +117,7 @@ public final class MemoryEngine: Sendable {
     /// Hands out a shard's queued events in order until none is left. Only one caller drains a
     /// shard at a time, so order holds across concurrent publishers.
     func drainOutbox(_ index: Int) {
-        let deliver = handler.withLock { $0 }
+        let deliver = handler.withLock { $0 }?.deliver
         while true {
             let batch = shards[index].withLock { s -> Deque<EngineEvent> in
                 let batch = s.outbox
@@ -132,7 +132,7 @@ public final class MemoryEngine: Sendable {
 
     /// Key revocations concern no channel; they go straight to the node.
     func emitControl(_ event: EngineEvent) {
-        handler.withLock { $0 }?(event)
+        handler.withLock { $0 }?.deliver(event)
     }
 
     /// Presence expiry, idempotency expiry and history expiry; the Redis engine gets the last two

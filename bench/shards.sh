@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Redis Cluster: publish and fan-out throughput on one Redis server against a 3-shard cluster
+# (3 primaries + 3 replicas), with the CPU each redis-server process spent. Two gateway nodes
+# each time: the publisher posts to node A, every subscriber is on node B, so each message
+# crosses Redis. Prints a markdown table (docs/benchmarks.md, "Redis Cluster") and appends one
+# JSON line per run to bench/results/shards.jsonl.
+#
+#   bash bench/shards.sh                    # both scenarios on both deployments (about 2 minutes)
+#   BENCH_STEP_SECONDS=10 bash bench/shards.sh
+#
+# Loopback only; every process started here is stopped here, by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SETUP_GROUPS=bench source scripts/setup.sh
+swift build -c release --product realtime-gateway >/dev/null
+swift build -c release --product realtime-bench >/dev/null
+BIN=$(swift build -c release --show-bin-path)
+STEP_SECONDS=${BENCH_STEP_SECONDS:-5}
+RESULTS=$ROOT/bench/results/shards.jsonl
+mkdir -p "$(dirname "$RESULTS")"
+RUN=$(mktemp -d /tmp/rt-shards.XXXXXX)
+KEY="bench-key-0123456789abcdef"
+SECRET="bench-token-secret-0123456789abcdef0123456789"
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]:-}"; do [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]:-}"; do [[ -n "$pid" ]] && while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
+    PIDS=()
+    RT_RUN_DIR="$RUN/redis" bash ops/redis-down.sh >/dev/null 2>&1 || true
+}
+trap 'cleanup; rm -rf "$RUN"' EXIT
+
+start_gateway() { # port url
+    env -i PATH="$PATH" HOME="$HOME" REALTIME_PORT="$1" REALTIME_API_KEY="$KEY" REALTIME_TOKEN_SECRET="$SECRET" \
+        REALTIME_KEY_PUBLISH_RATE=100000000 REALTIME_MAX_CONNECTIONS=19900 REALTIME_LOG_LEVEL=warning \
+        REALTIME_REDIS_URL="$2" REALTIME_NODE_ID="bench-$1" "$BIN/realtime-gateway" > "$RUN/gateway-$1.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$1/readyz" 2>/dev/null && return 0; sleep 0.1; done
+    echo "gateway $1 not ready" >&2; return 1
+}
+
+# CPU ticks (user + system) of every redis-server the deployment runs, one per line: "name ticks".
+redis_ticks() {
+    for f in "$RUN"/redis/redis-*.pid; do
+        local name=${f##*/redis-}; name=${name%.pid}
+        awk -v n="$name" '{print n, $14 + $15}' "/proc/$(cat "$f")/stat"
+    done
+}
+
+echo "| deployment | scenario | publishes/s | delivered/s | lost | busiest redis-server (% of a core) | all redis-servers (% of a core) |"
+echo "|---|---|---|---|---|---|---|"
+for deployment in single cluster; do
+    for scenario in publish fanout-1k-channels; do
+        mkdir -p "$RUN/redis"
+        # Cluster bus ports are port + 10000: keep both below the ephemeral range.
+        url=$(RT_RUN_DIR="$RUN/redis" RT_REDIS_PORT=17100 bash ops/redis-up.sh "$deployment" | tail -n 1)
+        start_gateway 18181 "$url"
+        start_gateway 18182 "$url"
+        before=$(redis_ticks)
+        start=$(date +%s%N)
+        case $scenario in
+        publish) args=(--subscribers 0 --channels 100 --rates max --connections 64) ;;
+        fanout-1k-channels) args=(--subscribers 2000 --channels 1000 --rates max --connections 64) ;;
+        esac
+        line=$("$BIN/realtime-bench" fanout --wire realtime --ws-url ws://127.0.0.1:18182/v1/realtime/ws \
+            --publish-url http://127.0.0.1:18181/v1/realtime/publish --key "$KEY" --label "$deployment" \
+            --seconds "$STEP_SECONDS" "${args[@]}" | tail -n 1)
+        elapsed=$(( ($(date +%s%N) - start) / 1000000 ))
+        after=$(redis_ticks)
+        cpu=$(join <(sort <<<"$before") <(sort <<<"$after") | awk -v ms="$elapsed" '
+            { pct = ($3 - $2) * 10 / ms * 100; total += pct; if (pct > max) max = pct }
+            END { printf "%.0f %.0f", max, total }')
+        echo "{\"deployment\":\"$deployment\",\"case\":\"$scenario\",\"redis_cpu_max_pct\":${cpu% *},\"redis_cpu_total_pct\":${cpu#* },${line#\{}" >> "$RESULTS"
+        python3 - "$line" "$deployment" "$scenario" "$cpu" <<'EOF'
+import json, sys
+r = json.loads(sys.argv[1])
+busiest, total = sys.argv[4].split()
+print(f"| {'1 server' if sys.argv[2] == 'single' else '3 shards'} | {sys.argv[3]} | {r['publish_per_second']:,.0f} | "
+      f"{r['delivered_per_second']:,.0f} | {r['lost']} | {busiest} | {total} |")
+EOF
+        cleanup
+    done
+done
