@@ -55,6 +55,10 @@ echo "|---|---|---|---|---|---|---|"
 for deployment in single cluster; do
     for scenario in publish fanout-1k-channels; do
         mkdir -p "$RUN/redis"
+        # Nothing of ours may be left on the ports (another run, a crashed one).
+        for port in 18181 18182 17100 17101 17102 17103 17104 17105; do
+            if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "port $port is taken: stop what runs there" >&2; exit 1; fi
+        done
         # Cluster bus ports are port + 10000: keep both below the ephemeral range.
         url=$(RT_RUN_DIR="$RUN/redis" RT_REDIS_PORT=17100 bash ops/redis-up.sh "$deployment" | tail -n 1)
         start_gateway 18181 "$url"
