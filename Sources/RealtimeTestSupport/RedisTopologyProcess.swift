@@ -15,12 +15,15 @@ public final class RedisTopologyProcess: @unchecked Sendable {
     public enum Kind: String, Sendable { case cluster, sentinel }
 
     public let kind: Kind
+    /// Every server, bus, replication link and sentinel speaks TLS only (`RT_REDIS_TLS=1`).
+    public let tls: Bool
     public private(set) var basePort = 0
     public private(set) var url = ""
     let directory: String
 
-    public init(_ kind: Kind) {
+    public init(_ kind: Kind, tls: Bool = false) {
         self.kind = kind
+        self.tls = tls
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("rt-topology-\(UUID().uuidString.prefix(8))").path
     }
 
@@ -39,9 +42,12 @@ public final class RedisTopologyProcess: @unchecked Sendable {
             basePort = try await Self.freeBlock(kind == .cluster ? 6 : 5, in: kind == .cluster ? 10_000..<16_000 : 16_000..<20_000, bus: kind == .cluster)
             let result = try await Command.run(
                 ["bash", Self.repositoryRoot + "/ops/redis-up.sh", kind.rawValue], directory: Self.repositoryRoot,
-                environment: ["RT_RUN_DIR": directory, "RT_REDIS_PORT": String(basePort), "RT_REDIS_NODE_TIMEOUT_MS": String(nodeTimeoutMilliseconds)],
+                environment: [
+                    "RT_RUN_DIR": directory, "RT_REDIS_PORT": String(basePort), "RT_REDIS_NODE_TIMEOUT_MS": String(nodeTimeoutMilliseconds),
+                    "RT_REDIS_TLS": tls ? "1" : "",
+                ],
                 timeout: 150)
-            if result.status == 0, let last = result.output.split(separator: "\n").last, last.hasPrefix("redis") {
+            if result.status == 0, let last = result.output.split(separator: "\n").last, last.hasPrefix(tls ? "rediss" : "redis") {
                 url = String(last)
                 Self.live.withLock { $0.insert(directory) }
                 return
@@ -78,7 +84,8 @@ public final class RedisTopologyProcess: @unchecked Sendable {
 
     /// `redis-cli -p port args…`: its output.
     public func cli(_ port: Int, _ arguments: [String]) async throws -> String {
-        try await Command.run(["redis-cli", "-p", String(port)] + arguments, directory: directory, timeout: 30).output
+        let tlsArguments = tls ? ["--tls", "--cacert", directory + "/tls/ca.crt"] : []
+        return try await Command.run(["redis-cli", "-p", String(port)] + tlsArguments + arguments, directory: directory, timeout: 30).output
     }
 
     /// Stops every process of the topology (by PID) and removes its files.
