@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// What the publisher sends and how fast.
 struct PublishPlan {
@@ -16,6 +17,8 @@ struct PublishPlan {
     var connections: Int
     /// Extra bytes of payload padding.
     var padding: Int = 0
+    /// PEM CA to trust for `https://` (nil: the system's roots).
+    var tlsCAFile: String?
 }
 
 struct PublishResult {
@@ -155,6 +158,7 @@ private final class PublisherHandler: ChannelInboundHandler {
 func publish(_ plan: PublishPlan, on group: any EventLoopGroup) async throws -> PublishResult {
     guard let url = WSURL(plan.url) else { throw BenchError("bad publish URL \(plan.url)") }
     let address = try SocketAddress.makeAddressResolvingHost(url.host, port: url.port)
+    let tls = try url.tlsContext(caFile: plan.tlsCAFile)
     let start = monotonicNanos() + 50_000_000
     var futures: [EventLoopFuture<PublishResult>] = []
     for slot in 0..<plan.connections {
@@ -166,6 +170,7 @@ func publish(_ plan: PublishPlan, on group: any EventLoopGroup) async throws -> 
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(try url.tlsHandler(tls)) }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(
                         PublisherHandler(plan: plan, slot: slot, start: start, host: host, path: url.path, done: done)

@@ -3,6 +3,7 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 @main
 struct RealtimeBench: AsyncParsableCommand {
@@ -38,6 +39,8 @@ struct Target: ParsableArguments {
     var threads = 1
     @Option(help: "A label copied into every result line.")
     var label = ""
+    @Option(help: "PEM CA file to trust for wss:// and https:// URLs (default: the system's roots).")
+    var tlsCAFile: String?
 
     var channelNames: [String] { (0..<channels).map { "\(channelPrefix)-\($0)" } }
 
@@ -46,8 +49,11 @@ struct Target: ParsableArguments {
         guard wire == .realtime else { return wsURL }
         guard let key else { throw ValidationError("--key is required with --wire realtime") }
         guard let api = WSURL(publishURL) else { throw ValidationError("bad --publish-url") }
-        let client = HTTPClient.shared
-        var request = HTTPClientRequest(url: "http://\(api.host):\(api.port)/v1/realtime/token")
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let tlsCAFile { tls.trustRoots = .file(tlsCAFile) }
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        defer { Task { try? await client.shutdown() } }
+        var request = HTTPClientRequest(url: "\(api.tls ? "https" : "http")://\(api.host):\(api.port)/v1/realtime/token")
         request.method = .POST
         request.headers.add(name: "Authorization", value: "Bearer \(key)")
         request.headers.add(name: "Content-Type", value: "application/json")
@@ -73,11 +79,13 @@ struct Target: ParsableArguments {
     }
 
     func subscriberConfig(url: String) -> SubscriberConfig {
-        SubscriberConfig(wire: wire, url: url, channels: channelNames, offset: 0, count: 0, threads: threads)
+        SubscriberConfig(wire: wire, url: url, channels: channelNames, offset: 0, count: 0, threads: threads, tlsCAFile: tlsCAFile)
     }
 
     func plan(rate: Double?, seconds: Double, connections: Int, padding: Int = 0) -> PublishPlan {
-        PublishPlan(wire: wire, url: publishURL, key: key, channels: channelNames, rate: rate, seconds: seconds, connections: connections, padding: padding)
+        PublishPlan(
+            wire: wire, url: publishURL, key: key, channels: channelNames, rate: rate, seconds: seconds, connections: connections, padding: padding,
+            tlsCAFile: tlsCAFile)
     }
 }
 

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import NIOWebSocket
 
 /// How a subscriber talks to the server under test.
@@ -26,17 +27,29 @@ struct SubscriberConfig: Codable {
     var sources: Int = 50
     var connectConcurrency: Int = 256
     var threads: Int = 1
+    /// PEM CA to trust for `wss://` (nil: the system's roots).
+    var tlsCAFile: String?
 }
 
-/// Parsed `ws://host:port/path?query`.
+/// Parsed `ws://host:port/path?query` (or `wss://`, `http://`, `https://`).
 struct WSURL {
     var host: String
     var port: Int
     var path: String
+    var tls = false
 
     init?(_ text: String) {
         var rest = Substring(text)
-        if rest.hasPrefix("ws://") { rest = rest.dropFirst(5) } else if rest.hasPrefix("http://") { rest = rest.dropFirst(7) } else { return nil }
+        if rest.hasPrefix("ws://") {
+            rest = rest.dropFirst(5)
+        } else if rest.hasPrefix("http://") {
+            rest = rest.dropFirst(7)
+        } else if rest.hasPrefix("wss://") || rest.hasPrefix("https://") {
+            rest = rest.dropFirst(rest.hasPrefix("wss://") ? 6 : 8)
+            tls = true
+        } else {
+            return nil
+        }
         let slash = rest.firstIndex(of: "/") ?? rest.endIndex
         let authority = rest[..<slash]
         path = slash == rest.endIndex ? "/" : String(rest[slash...])
@@ -46,8 +59,21 @@ struct WSURL {
             port = p
         } else {
             host = String(authority)
-            port = 80
+            port = tls ? 443 : 80
         }
+    }
+
+    /// A client TLS context for this URL (nil for plain), trusting `caFile` when given.
+    func tlsContext(caFile: String?) throws -> NIOSSLContext? {
+        guard tls else { return nil }
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        if let caFile { configuration.trustRoots = .file(caFile) }
+        return try NIOSSLContext(configuration: configuration)
+    }
+
+    /// The TLS handler for a new connection: SNI only for names, never for addresses.
+    func tlsHandler(_ context: NIOSSLContext) throws -> NIOSSLClientHandler {
+        try NIOSSLClientHandler(context: context, serverHostname: host.contains(where: \.isLetter) ? host : nil)
     }
 }
 
@@ -214,11 +240,14 @@ final class SubscriberPool: @unchecked Sendable {
     let loopStats: [(any EventLoop, LoopStats)]
     let server: SocketAddress
     let target: WSURL
+    /// One TLS context for every connection of the pool (`wss://`).
+    let tls: NIOSSLContext?
 
     init(config: SubscriberConfig) throws {
         self.config = config
         guard let url = WSURL(config.url) else { throw BenchError("bad WebSocket URL \(config.url)") }
         target = url
+        tls = try url.tlsContext(caFile: config.tlsCAFile)
         server = try SocketAddress.makeAddressResolvingHost(url.host, port: url.port)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.threads))
         let loops = Array(group.makeIterator())
@@ -260,6 +289,8 @@ final class SubscriberPool: @unchecked Sendable {
             let source = try! SocketAddress(ipAddress: "127.0.0.\(2 + conn.index % max(1, self.config.sources))", port: 0)
             let host = "\(self.target.host):\(self.target.port)"
             let wire = self.config.wire
+            let tls = self.tls
+            let target = self.target
             let timeout = loop.scheduleTask(in: .seconds(30)) { promise.fail(BenchError("connect timeout")) }
             ClientBootstrap(group: loop)
                 .channelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -267,6 +298,7 @@ final class SubscriberPool: @unchecked Sendable {
                 .connectTimeout(.seconds(10))
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        if let tls { try channel.pipeline.syncOperations.addHandler(try target.tlsHandler(tls)) }
                         let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: 1 << 20, automaticErrorHandling: false) { channel, _ in
                             channel.eventLoop.makeCompletedFuture {
                                 try channel.pipeline.syncOperations.addHandler(SubscriberHandler(conn: conn, wire: wire))
