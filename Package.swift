@@ -89,6 +89,7 @@ let package = Package(
             name: "RealtimeServer",
             dependencies: [
                 "RealtimeCore",
+                "RedisClient",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "CompressNIO", package: "compress-nio"),

@@ -84,8 +84,11 @@ import Testing
         }
     }
 
-    @Test func aKilledNodesMembersLeaveOnceAndItsClientsResumeElsewhereWithoutLoss() async throws {
-        try await Cluster.with(nodes: 3, environment: ["REALTIME_PRESENCE_TTL_SECONDS": "3", "REALTIME_PRESENCE_HEARTBEAT_SECONDS": "1"]) { cluster in
+    @Test(arguments: Deployment.allCases)
+    func aKilledNodesMembersLeaveOnceAndItsClientsResumeElsewhereWithoutLoss(_ deployment: Deployment) async throws {
+        try await Cluster.with(
+            nodes: 3, environment: ["REALTIME_PRESENCE_TTL_SECONDS": "3", "REALTIME_PRESENCE_HEARTBEAT_SECONDS": "1"], deployment: deployment
+        ) { cluster in
             let (n1, n2, n3) = (cluster.nodes[0], cluster.nodes[1], cluster.nodes[2])
             let watcher = try await n1.connect(try await n1.token(client: "watcher"))
             _ = try await watcher.call("subscribe", #""channel":"room""#)

@@ -102,6 +102,28 @@ import Testing
         }
     }
 
+    @Test func withNoPrimaryKnownANodeIsNotReadyAndRefusesPublishesUntilOneIs() async throws {
+        let topology = RedisTopologyProcess(.sentinel)
+        try await topology.start(nodeTimeoutMilliseconds: 1000)
+        defer { Task { await topology.stop() } }
+        try await Cluster.with(nodes: 1, topology: topology, urlOptions: Self.urlOptions) { cluster in
+            let node = cluster.nodes[0]
+            #expect(try await node.publish("before", data: "1").status == 201)
+            // Primary and replica down: no sentinel can name a primary that answers.
+            topology.suspend("replica")
+            topology.kill("primary")
+            try await eventually("not ready", timeout: .seconds(20)) { try await node.rest(.GET, "/readyz", key: "").status == 503 }
+            let refused = try await node.publish("during", data: "2")
+            #expect(refused.status == 503 && refused.json["error"]["code"].int == 50300, "\(refused.json)")
+            // The replica answers again; the sentinels promote it and the node follows.
+            topology.resume("replica")
+            try await eventually("ready on the promoted replica", timeout: .seconds(60)) {
+                try await node.rest(.GET, "/readyz", key: "").status == 200
+            }
+            try await eventually("publishes accepted again", timeout: .seconds(20)) { try await node.publish("after", data: "3").status == 201 }
+        }
+    }
+
     // MARK: The scenario
 
     struct Outcome {

@@ -37,6 +37,9 @@ import Testing
         ("REALTIME_PORT", "eighty"), ("REALTIME_PORT", "70000"), ("REALTIME_TOKEN_SECRET", "short"),
         ("REALTIME_MAX_MESSAGE_BYTES", "-1"), ("REALTIME_PUBLIC_URL", "ftp://x"), ("REALTIME_DEFAULT_CHANNEL_TYPE", "secret"),
         ("REALTIME_NO_SUCH_THING", "1"), ("REALTIME_REDIS_URL", "http://localhost"), ("REALTIME_LOG_LEVEL", "loud"),
+        ("REALTIME_REDIS_URL", "redis+cluster://a:1/0"), ("REALTIME_REDIS_URL", "redis+cluster://a:1,,b:2"),
+        ("REALTIME_REDIS_URL", "redis+sentinel://a:1"), ("REALTIME_REDIS_URL", "rediss+sentinel://a:1/m/x"),
+        ("REALTIME_REDIS_URL", "redis://a:1?bogus=1"),
     ])
     func badSettingsNameTheSetting(_ setting: String, _ value: String) {
         #expect {

@@ -1,4 +1,5 @@
 import RealtimeCore
+import RedisClient
 
 /// Everything a node is configured with (contract section 9). Each field is one environment
 /// variable and one `realtime-gateway` flag; see ``GatewayConfiguration/settings``.
@@ -299,6 +300,11 @@ extension GatewayConfiguration {
                 throw ConfigurationError(
                     setting: "REALTIME_REDIS_URL",
                     problem: "must look like redis://host:port[/db], redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/<master-name>[/db]")
+            }
+            do {
+                _ = try RedisTopology(url: url)
+            } catch {
+                throw ConfigurationError(setting: "REALTIME_REDIS_URL", problem: "\(error)")
             }
             guard !config.tokenSecrets.isEmpty else {
                 throw ConfigurationError(setting: "REALTIME_TOKEN_SECRET", problem: "required with the redis engine (all nodes must share it)")
