@@ -230,11 +230,7 @@ def test_a_subscriber_survives_a_node_restart_without_losing_a_message(redis_clu
         name = unique("restart")
         gaps = []
         async with AsyncRealtime(url=f"http://127.0.0.1:{b['port']}", api_key=KEY) as backend:
-            async def get_token():
-                return await backend.token.issue(client_id="sub", capabilities={name: ["*"]})
-
-            async with backend.connect(get_token=get_token, url=f"ws://127.0.0.1:{a['port']}/v1/realtime/ws",
-                                       min_retry=0.2, max_retry=1.0) as conn:
+            async with _connect_to(backend, name, a) as conn:
                 channel = conn.channel(name, on_gap=gaps.append)
                 await channel.subscribe()
                 await channel.enter_presence({"role": "viewer"})
@@ -269,6 +265,14 @@ async def _true(value):
     return value
 
 
+def _connect_to(backend, name, node):
+    """A connection of client "sub" to `node` only (one address, as behind a load balancer with
+    one backend), with tokens for channel `name` and quick reconnects."""
+    async def get_token():
+        return await backend.token.issue(client_id="sub", capabilities={name: ["*"]})
+    return backend.connect(get_token=get_token, url=f"ws://127.0.0.1:{node['port']}/v1/realtime/ws", min_retry=0.2, max_retry=1.0)
+
+
 def test_a_resume_across_an_epoch_change_reports_the_gap(redis_cluster):
     """The client keeps the channel's epoch with its last id. While it is away, the channel's
     stream loses entries (as a Redis failover to a replica that missed writes does: the epoch
@@ -281,11 +285,7 @@ def test_a_resume_across_an_epoch_change_reports_the_gap(redis_cluster):
         name = unique("epoch")
         gaps = []
         async with AsyncRealtime(url=f"http://127.0.0.1:{b['port']}", api_key=KEY) as backend:
-            async def get_token():
-                return await backend.token.issue(client_id="sub", capabilities={name: ["*"]})
-
-            async with backend.connect(get_token=get_token, url=f"ws://127.0.0.1:{a['port']}/v1/realtime/ws",
-                                       min_retry=0.2, max_retry=1.0) as conn:
+            async with _connect_to(backend, name, a) as conn:
                 channel = conn.channel(name, on_gap=gaps.append)
                 await backend.publish(name, "tick", {"seq": 0})
                 await channel.subscribe()
