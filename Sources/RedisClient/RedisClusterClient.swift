@@ -39,12 +39,7 @@ public final class RedisClusterClient: RedisCommandSending {
     }
 
     /// The configuration of one node: the template's credentials, TLS and timeouts.
-    public func configuration(for node: ClusterNodeAddress) -> RedisConfiguration {
-        var c = template
-        c.host = node.host
-        c.port = node.port
-        return c
-    }
+    public func configuration(for node: ClusterNodeAddress) -> RedisConfiguration { template.at(node) }
 
     // MARK: The slot map
 

@@ -25,6 +25,15 @@ public struct RedisConfiguration: Sendable, Equatable {
         self.tls = tls
     }
 
+    /// The same credentials, TLS and timeouts, for another node (a cluster node, the primary
+    /// Sentinel names).
+    public func at(_ node: ClusterNodeAddress) -> RedisConfiguration {
+        var c = self
+        c.host = node.host
+        c.port = node.port
+        return c
+    }
+
     public init(url: String) throws(RedisError) {
         var rest: Substring
         let tls: Bool

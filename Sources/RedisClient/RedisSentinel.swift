@@ -56,24 +56,17 @@ public final class RedisSentinel: Sendable {
                 }
                 let address = ClusterNodeAddress(host: host, port: port)
                 known.withLock { $0 = address }
-                return configuration(for: address)
+                return template.at(address)
             } catch {
                 lastError = error
             }
         }
-        if let address = known.withLock({ $0 }) { return configuration(for: address) }
+        if let address = known.withLock({ $0 }) { return template.at(address) }
         throw RedisError.connection("no primary known for \(masterName): \(lastError)")
     }
 
     /// The last primary learnt, if any.
     public var lastKnownPrimary: ClusterNodeAddress? { known.withLock { $0 } }
-
-    func configuration(for node: ClusterNodeAddress) -> RedisConfiguration {
-        var c = template
-        c.host = node.host
-        c.port = node.port
-        return c
-    }
 
     /// Listens for `+switch-master` until cancelled; calls `onSwitch` with each new primary.
     public func watch(onSwitch: @escaping @Sendable (ClusterNodeAddress) -> Void) async {
