@@ -18,12 +18,13 @@ import Testing
     func nativeClusterServesThroughTheLoadBalancerAndStopsCleanly(_ deployment: Deployment) async throws {
         let runDir = FileManager.default.temporaryDirectory.appendingPathComponent("rt-run-\(UUID().uuidString)").path
         // Below the kernel's ephemeral range, so no other test's free-port pick can collide.
-        let base = try Self.freeBlock(of: 5, in: 26_000..<32_000)
-        // A Redis Cluster's six ports (and their bus ports) and a Sentinel setup's five: apart.
+        let base = try await RedisTopologyProcess.freeBlock(5, in: 26_000..<32_000, bus: false)
+        // A Redis Cluster's six ports (and their bus ports) and a Sentinel setup's five, in the
+        // blocks RedisTopologyProcess leaves to this test.
         let redisPort = switch deployment {
         case .single: base + 4
-        case .cluster: try await RedisTopologyProcess.freeBlock(6, in: 10_000..<16_000, bus: true)
-        case .sentinel: try await RedisTopologyProcess.freeBlock(5, in: 16_000..<20_000, bus: false)
+        case .cluster: try await RedisTopologyProcess.freeBlock(6, in: 15_000..<16_000, bus: true)
+        case .sentinel: try await RedisTopologyProcess.freeBlock(5, in: 19_000..<20_000, bus: false)
         }
         let env = [
             "RT_BASE_PORT": String(base), "RT_REDIS_PORT": String(redisPort), "RT_RUN_DIR": runDir,
@@ -115,18 +116,6 @@ import Testing
         }
     }
 
-    /// The first of `count` consecutive ports that are free right now.
-    static func freeBlock(of count: Int, in range: Range<Int>) throws -> Int {
-        for _ in 0..<50 {
-            let base = Int.random(in: range.lowerBound..<(range.upperBound - count))
-            let free = (base..<(base + count)).allSatisfy { port in
-                (try? ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: port).wait())
-                    .map { try? $0.close().wait(); return true } ?? false
-            }
-            if free { return base }
-        }
-        throw CocoaError(.fileNoSuchFile)
-    }
 
     /// The key prefix a test cluster uses (random per cluster).
     static func prefix(of cluster: Cluster) async throws -> String? { cluster.prefix }

@@ -74,7 +74,7 @@ import Testing
 @Suite struct NativeTLSClusterTests {
     @Test func theNativeClusterRunsWithTLSOnTheBalancerAndTheNodes() async throws {
         let runDir = FileManager.default.temporaryDirectory.appendingPathComponent("rt-run-tls-\(UUID().uuidString)").path
-        let base = try OpsTests.freeBlock(of: 5, in: 26_000..<32_000)
+        let base = try await RedisTopologyProcess.freeBlock(5, in: 26_000..<32_000, bus: false)
         let env = [
             "RT_BASE_PORT": String(base), "RT_REDIS_PORT": String(base + 4), "RT_RUN_DIR": runDir,
             "RT_GATEWAY_BIN": GatewayProcess.binary.path, "RT_TLS": "1",
