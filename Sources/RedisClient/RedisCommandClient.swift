@@ -43,6 +43,10 @@ public final class RedisCommandClient: RedisCommandSending {
     let group: any EventLoopGroup
     let slots: [Slot]
     let next = Atomic<Int>(0)
+    /// The group's loops; slot `i` connects on `loops[i % loops.count]`.
+    let loops: [any EventLoop]
+    /// A loop's index in `loops`, to find the slots that live on the calling thread's loop.
+    let loopIndex: [ObjectIdentifier: Int]
 
     final class Slot: Sendable {
         enum State {
@@ -66,7 +70,24 @@ public final class RedisCommandClient: RedisCommandSending {
         self.resolve = resolve
         self.requirePrimary = requirePrimary
         self.group = group
-        self.slots = (0..<max(1, configuration.poolSize)).map { _ in Slot() }
+        let loops = Array(group.makeIterator())
+        self.loops = loops.isEmpty ? [group.next()] : loops
+        self.loopIndex = Dictionary(self.loops.enumerated().map { (ObjectIdentifier($1), $0) }, uniquingKeysWith: { a, _ in a })
+        // At least one connection per loop, the same number on each.
+        let perLoop = max(1, (configuration.poolSize + self.loops.count - 1) / self.loops.count)
+        self.slots = (0..<(perLoop * self.loops.count)).map { _ in Slot() }
+    }
+
+    /// The slot for the next command: on an event loop of the group, one of the connections
+    /// that live on that loop, so the command is written without a thread hop and commands
+    /// issued in one loop turn (concurrent publishes, say) leave in one write; elsewhere,
+    /// round robin over all.
+    private func nextSlot() -> Int {
+        let n = next.wrappingAdd(1, ordering: .relaxed).oldValue & Int.max
+        guard let current = MultiThreadedEventLoopGroup.currentEventLoop, let index = loopIndex[ObjectIdentifier(current)] else {
+            return n % slots.count
+        }
+        return index + loops.count * (n % (slots.count / loops.count))
     }
 
     /// Sends a command on the next connection of the pool.
@@ -117,7 +138,8 @@ public final class RedisCommandClient: RedisCommandSending {
 
     /// A live connection from the pool (round robin), connecting if needed.
     public func connection() async throws -> RedisConnection {
-        let slot = slots[next.wrappingAdd(1, ordering: .relaxed).oldValue % slots.count]
+        let index = nextSlot()
+        let slot = slots[index]
         enum Step { case use(RedisConnection), connect, wait, fail }
         let step = slot.guarded.withLock { g -> Step in
             switch g.state {
@@ -148,7 +170,7 @@ public final class RedisCommandClient: RedisCommandSending {
             }
         case .connect:
             do {
-                let c = try await RedisConnection.connect(try await resolve?() ?? configuration, group: group)
+                let c = try await RedisConnection.connect(try await resolve?() ?? configuration, group: loops[index % loops.count])
                 if requirePrimary {
                     let role = try? await c.send(["ROLE"])
                     guard role?.array?.first?.string == "master" else {

@@ -76,9 +76,20 @@ public enum APIKeyMaterial {
 
 /// Random identifiers for keys, connections, clients and token ids.
 public enum RandomID {
+    /// `n` bytes from the system's generator, eight per draw (each draw is a `getrandom` call:
+    /// one per byte cost a publish six system calls).
     public static func bytes(_ n: Int) -> [UInt8] {
         var rng = SystemRandomNumberGenerator()
-        return (0..<n).map { _ in UInt8.random(in: .min ... .max, using: &rng) }
+        var out = [UInt8]()
+        out.reserveCapacity(n)
+        while out.count < n {
+            var word = rng.next()
+            for _ in 0..<min(8, n - out.count) {
+                out.append(UInt8(truncatingIfNeeded: word))
+                word >>= 8
+            }
+        }
+        return out
     }
 
     public static func hex(bytes n: Int) -> String {

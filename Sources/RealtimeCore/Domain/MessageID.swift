@@ -12,15 +12,28 @@ public struct MessageID: Hashable, Sendable, Comparable, CustomStringConvertible
     }
 
     /// Parses `"<ms>-<seq>"`; a bare `"<ms>"` means `"<ms>-0"`, as in Redis.
+    /// Read byte by byte: every message read from Redis carries one, so this is on the fan-out path.
     public init?(_ text: some StringProtocol) {
-        let parts = text.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
-        guard let ms = parts.first.flatMap({ UInt64($0) }) else { return nil }
-        if parts.count == 2 {
-            guard let seq = UInt64(parts[1]) else { return nil }
-            self.init(milliseconds: ms, sequence: seq)
-        } else {
-            self.init(milliseconds: ms, sequence: 0)
+        var numbers: (UInt64, UInt64) = (0, 0)
+        var part = 0
+        var digits = 0
+        for byte in text.utf8 {
+            if byte == UInt8(ascii: "-") {
+                guard part == 0, digits > 0 else { return nil }
+                part = 1
+                digits = 0
+                continue
+            }
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+            let value = part == 0 ? numbers.0 : numbers.1
+            let (times, o1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, o2) = times.addingReportingOverflow(UInt64(byte - UInt8(ascii: "0")))
+            guard !o1, !o2 else { return nil }
+            if part == 0 { numbers.0 = sum } else { numbers.1 = sum }
+            digits += 1
         }
+        guard digits > 0 else { return nil }
+        self.init(milliseconds: numbers.0, sequence: numbers.1)
     }
 
     public static let zero = MessageID(milliseconds: 0, sequence: 0)

@@ -81,11 +81,16 @@ public struct Gateway: Sendable {
         // limit but within it get a 41300 error first.
         let frameLimit = max(4 * configuration.limits.maxInboundFrameBytes, 1 << 20)
         let tls = self.tls
+        let fastPath =
+            configuration.publishFastPath
+            ? PublishFastPath.Service(
+                endpoint: PublishEndpoint(runtime: runtime), hsts: tls == nil ? nil : TLSMiddleware.hsts,
+                requireClientCertificate: tls?.settings.clientCAFile != nil, metrics: PublishRouteMetrics()) : nil
         let server = HTTPServerBuilder { responder in
             GatewayServerChannel(
                 responder: responder, webSocket: webSocket, maxFrameSize: frameLimit, tls: tls,
                 headReadTimeout: .seconds(Int64(configuration.timing.httpHeadReadTimeoutSeconds)),
-                idleTimeout: .seconds(Int64(configuration.timing.httpIdleTimeoutSeconds)))
+                idleTimeout: .seconds(Int64(configuration.timing.httpIdleTimeoutSeconds)), fastPath: fastPath)
         }
         let port = boundPort
         return Application(

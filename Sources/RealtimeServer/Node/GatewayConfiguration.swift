@@ -17,6 +17,9 @@ public struct GatewayConfiguration: Sendable {
     public var publicURL: String?
     public var keyPrefix = "rt"
     public var logLevel = "info"
+    /// Publishes answered from the connection's pipeline (``PublishFastPath``); off sends them
+    /// through the router like every other request (the same answers, slower: for comparison).
+    public var publishFastPath = true
 
     public var limits = Limits()
     public var engine = EngineConfiguration()
@@ -274,6 +277,10 @@ extension GatewayConfiguration {
         Setting(variable: "REALTIME_TLS_MIN_VERSION", help: "lowest TLS version accepted: 1.2 or 1.3 (default 1.2)") { (c: inout GatewayConfiguration, v: String) throws(ConfigurationError) in
             guard v == "1.2" || v == "1.3" else { throw ConfigurationError(setting: "REALTIME_TLS_MIN_VERSION", problem: "1.2 or 1.3") }
             c.tlsDraft.minimumVersion = v
+        },
+        Setting(variable: "REALTIME_PUBLISH_FAST_PATH", help: "serve REST publishes below the router: on or off (default on; off only to compare)") { (c: inout GatewayConfiguration, v: String) throws(ConfigurationError) in
+            guard v == "on" || v == "off" else { throw ConfigurationError(setting: "REALTIME_PUBLISH_FAST_PATH", problem: "on or off") }
+            c.publishFastPath = v == "on"
         },
         Setting(variable: "REALTIME_LOG_LEVEL", help: "trace, debug, info, notice, warning, error, critical (default info)") { (c: inout GatewayConfiguration, v: String) throws(ConfigurationError) in
             guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(v) else {

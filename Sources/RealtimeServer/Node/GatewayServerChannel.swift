@@ -9,7 +9,8 @@ import NIOHTTPTypesHTTP1
 import NIOSSL
 import NIOWebSocket
 
-/// The server's child channel: HTTP/1.1 requests go to Hummingbird's router; an upgrade on
+/// The server's child channel: HTTP/1.1 requests go to Hummingbird's router (publishes are
+/// answered before it, by ``PublishFastPath``); an upgrade on
 /// `GET /v1/realtime/ws` becomes a WebSocket connection run by NIO handlers
 /// (``WebSocketConnection``), so an idle connection holds no task, only its channel.
 struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
@@ -40,12 +41,15 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
     /// TLS in front of everything, when configured: each connection takes the context current
     /// when it is accepted (SIGHUP swaps it for later ones).
     let tls: TLSContextStore?
+    /// Publishes answered below the router, when on.
+    let fastPath: PublishFastPath.Service?
 
     init(
         responder: @escaping HTTPChannelHandler.Responder, webSocket: WebSocketController, maxFrameSize: Int, tls: TLSContextStore? = nil,
-        headReadTimeout: TimeAmount = .seconds(10), idleTimeout: Duration = .seconds(60)
+        headReadTimeout: TimeAmount = .seconds(10), idleTimeout: Duration = .seconds(60), fastPath: PublishFastPath.Service? = nil
     ) {
         self.tls = tls
+        self.fastPath = fastPath
         self.responder = Self.redirectingLateUpgrades(responder)
         self.webSocket = webSocket
         self.maxFrameSize = maxFrameSize
@@ -98,6 +102,7 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                         try sync.addHandler(HTTP1ToHTTPServerCodec(secure: self.tls != nil))
                         try sync.addHandler(HeadReadTimeout.Observer(headTimeout))
                         try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
+                        if let fastPath = self.fastPath { try sync.addHandler(PublishFastPath(service: fastPath, eventLoop: channel.eventLoop)) }
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
                             wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
                         return attempted.value ? .refusedUpgrade(asyncChannel) : .http(asyncChannel)

@@ -2,8 +2,30 @@ import Hummingbird
 import NIOCore
 import RealtimeCore
 
+/// A finished JSON response, before it is a Hummingbird `Response` or written by the fast path.
+struct JSONReply: Sendable {
+    var status: HTTPResponse.Status
+    var body: String
+    var headers: HTTPFields = [:]
+
+    /// The contract's error envelope, with `Retry-After` (seconds) when the error has a hint.
+    init(error: RealtimeError) {
+        status = HTTPResponse.Status(code: error.status)
+        body = "{\"error\":\(JSONResponse.errorObject(error))}"
+        if let retry = error.retryAfterMilliseconds { headers[.retryAfter] = String(max(1, (retry + 999) / 1000)) }
+    }
+
+    init(status: HTTPResponse.Status, body: String, headers: HTTPFields = [:]) {
+        self.status = status
+        self.body = body
+        self.headers = headers
+    }
+}
+
 /// JSON responses and the contract's error envelope.
 enum JSONResponse {
+    static func make(_ reply: JSONReply) -> Response { make(reply.status, reply.body, headers: reply.headers) }
+
     static func make(_ status: HTTPResponse.Status, _ text: String, headers: HTTPFields = [:]) -> Response {
         var headers = headers
         headers[.contentType] = "application/json; charset=utf-8"
@@ -29,13 +51,7 @@ enum JSONResponse {
         return w.text
     }
 
-    static func error(_ error: RealtimeError) -> Response {
-        var headers: HTTPFields = [:]
-        if let retry = error.retryAfterMilliseconds {
-            headers[.retryAfter] = String(max(1, (retry + 999) / 1000))
-        }
-        return make(HTTPResponse.Status(code: error.status), "{\"error\":\(errorObject(error))}", headers: headers)
-    }
+    static func error(_ error: RealtimeError) -> Response { make(JSONReply(error: error)) }
 }
 
 /// Turns every error a route throws into the contract's JSON error envelope.

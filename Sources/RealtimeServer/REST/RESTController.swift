@@ -27,12 +27,17 @@ struct RESTController: Sendable {
     // MARK: Helpers
 
     func authenticate(_ request: Request, _ scope: APIScope) async throws -> APIKeyAuthenticator.Authenticated {
-        var presented = request.headers[.authorization].flatMap(Self.bearerToken)
-        if presented == nil, let name = HTTPField.Name("X-API-Key") { presented = request.headers[name] }
-        let key = try await runtime.keys.authenticate(presented)
+        let key = try await runtime.keys.authenticate(Self.presentedKey(request.headers))
         guard key.scopes.contains(scope) else { throw RealtimeError.scopeMissing(scope.rawValue) }
         return key
     }
+
+    /// The API key a request presents: `Authorization: Bearer <key>`, else `X-API-Key`.
+    static func presentedKey(_ headers: HTTPFields) -> String? {
+        headers[.authorization].flatMap(bearerToken) ?? headers[apiKeyHeader]
+    }
+
+    static let apiKeyHeader = HTTPField.Name("X-API-Key")!
 
     /// The credential of an `Authorization: Bearer <key>` value (scheme case-insensitive).
     static func bearerToken(_ value: String) -> String? {
@@ -230,85 +235,21 @@ struct RESTController: Sendable {
 
     // MARK: Publish
 
-    struct PublishBody: FastDecodable {
-        var channel: String
-        var event: String
-        var data: JSONValue?
-        var idempotencyKey: String?
-        enum CodingKeys: String, CodingKey { case channel, event, data, idempotencyKey = "idempotency_key" }
-    }
-
-    /// Publishes one message through the shared use case, rate-limited per API key.
-    func publishOne(_ body: PublishBody, keyID: String) async throws(RealtimeError) -> (PublishOutcome, ChannelName) {
-        let limiter = runtime.keyLimiter
-        return try await runtime.operations.publish(
-            PublishInput(channel: body.channel, event: body.event, data: body.data, idempotencyKey: body.idempotencyKey),
-            caller: .key(keyID: keyID)
-        ) {
-            do {
-                try limiter.take(keyID)
-                return nil
-            } catch {
-                return (error as? RealtimeError)?.retryAfterMilliseconds ?? 1000
-            }
-        }
-    }
-
+    /// The router's publish routes; a connection's fast path (``PublishFastPath``) serves most
+    /// publishes before they get here, through the same ``PublishEndpoint``.
     @Sendable func publish(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
-        let key = try await authenticate(request, .publish)
-        let body = try await body(request, as: PublishBody.self)
-        let (outcome, channel) = try await publishOne(body, keyID: key.keyID)
-        return JSONResponse.object(outcome.status == .published ? .created : .ok) { w in
-            w.key("message_id", first: true); w.string(outcome.id.description)
-            w.key("channel"); w.string(channel.rawValue)
-            w.key("timestamp"); w.string(Timestamp.iso8601(milliseconds: outcome.timestamp))
-            w.key("status"); w.string(outcome.status.rawValue)
-        }
-    }
-
-    struct BatchBody: FastDecodable {
-        var messages: [JSONValue]
-        init?(json: JSONValue) {
-            guard case .array(let messages)? = json.objectMembers?["messages"] else { return nil }
-            self.messages = messages
-        }
+        try await publish(.single, request)
     }
 
     @Sendable func publishBatch(_ request: Request, _ context: GatewayRequestContext) async throws -> Response {
-        let key = try await authenticate(request, .publish)
-        let body = try await body(request, as: BatchBody.self, limit: runtime.configuration.limits.maxRequestBytes)
-        let max = runtime.configuration.limits.maxBatchSize
-        guard body.messages.count <= max else { throw RealtimeError.badRequest("field 'messages' holds \(body.messages.count) items; at most \(max)") }
-        var results: [String] = []
-        results.reserveCapacity(body.messages.count)
-        for (index, item) in body.messages.enumerated() {
-            do {
-                let message = try Self.batchItem(item, index: index)
-                let (outcome, _) = try await publishOne(message, keyID: key.keyID)
-                results.append("{\"message_id\":\"\(outcome.id)\",\"status\":\"\(outcome.status.rawValue)\"}")
-            } catch {
-                results.append("{\"error\":\(JSONResponse.errorObject(error))}")
-            }
-        }
-        return JSONResponse.make(.ok, "{\"results\":[" + results.joined(separator: ",") + "]}")
+        try await publish(.batch, request)
     }
 
-    /// Reads one batch item by hand so that a malformed item fails alone.
-    static func batchItem(_ value: JSONValue, index: Int) throws(RealtimeError) -> PublishBody {
-        guard case .object(let o) = value else { throw .badRequest("messages[\(index)] is not an object") }
-        func string(_ field: String, required: Bool) throws(RealtimeError) -> String? {
-            switch o[field] {
-            case .string(let s)?: return s
-            case nil, .null?:
-                if required { throw .badRequest("missing field 'messages[\(index)].\(field)'") }
-                return nil
-            default: throw .badRequest("field 'messages[\(index)].\(field)' has the wrong type (expected string)")
-            }
-        }
-        guard let data = o["data"] else { throw .badRequest("missing field 'messages[\(index)].data'") }
-        return PublishBody(
-            channel: try string("channel", required: true)!, event: try string("event", required: true)!,
-            data: data, idempotencyKey: try string("idempotency_key", required: false))
+    private func publish(_ route: PublishEndpoint.Route, _ request: Request) async throws -> Response {
+        let endpoint = PublishEndpoint(runtime: runtime)
+        var body: ByteBuffer?
+        do { body = try await request.body.collect(upTo: endpoint.bodyLimit(route)) } catch is NIOTooManyBytesError { body = nil }
+        return JSONResponse.make(await endpoint.respond(route, headers: request.headers, body: body))
     }
 
     // MARK: History and presence
@@ -465,15 +406,5 @@ enum Cursor {
         if !parts[2].isEmpty, after == nil { return nil }
         if !parts[3].isEmpty, through == nil { return nil }
         return (dir, after, through)
-    }
-}
-
-extension RESTController.PublishBody {
-    init?(json: JSONValue) {
-        guard let o = json.objectMembers, case .string(let channel)? = o["channel"], case .string(let event)? = o["event"],
-            let idempotencyKey = JSONValue.optionalString(o["idempotency_key"])
-        else { return nil }
-        // A missing `data` stays nil (refused later, naming the field); a JSON null is a value.
-        self.init(channel: channel, event: event, data: o["data"], idempotencyKey: idempotencyKey)
     }
 }
