@@ -4,9 +4,14 @@
 Usage: python3 bench/report.py [results.jsonl]
 Rewrites the part of docs/benchmarks.md between the `results:begin` and `results:end`
 markers, and docs/bench/*.svg. Standard library only.
+
+       python3 bench/report.py --scaling
+Rewrites the `scaling` block (peak delivered/s against server cores, from every
+bench/results/scaling-*.jsonl and devbench-*.jsonl) and its plots.
 """
 import json
 import os
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,6 +174,15 @@ def publish_table(rows, case):
     return "\n".join(lines)
 
 
+def wrk_table(rows, case):
+    lines = ["| system | publishes/s | failed | p50 ms | p90 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|"]
+    for s in SYSTEMS:
+        for r in pick(rows, case, s):
+            l = r["publish_latency_ms"]
+            lines.append(f"| {NAMES[s]} | {fmt(r['publish_per_second'])} | {fmt(r['publish_failed'])} | {l['p50']} | {l['p90']} | {l['p99']} |")
+    return "\n".join(lines)
+
+
 def idle_table(rows, case):
     lines = ["| system | connections asked | held | failed | RSS before KiB | RSS after KiB | KiB per connection | connect s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -214,12 +228,14 @@ def targets(rows):
         row("p99 ≤ 5 ms at 100k deliveries/s through Redis across nodes", f"p99 {l['p99']} ms (p50 {l['p50']}), lost {lat[0]['lost']}", ok)
     else:
         row("p99 ≤ 5 ms at 100k deliveries/s through Redis", "—", None)
-    n = pick(rows, "publish", "nchan")
-    for s in ("redis", "memory"):
-        p = pick(rows, "publish", s)
-        if n and p:
-            ratio = p[0]["publish_per_second"] / max(1, n[0]["publish_per_second"])
-            row(f"REST publishes/s ≥ 2× Nchan+Redis ({NAMES[s]})", f"{fmt(p[0]['publish_per_second'])} vs {fmt(n[0]['publish_per_second'])} = {ratio:.2f}×", ratio >= 2)
+    for case, tool in (("publish", "realtime-bench, 64 connections"), ("publish-wrk", "wrk, 1 thread, 16 connections")):
+        n = pick(rows, case, "nchan")
+        for s in ("redis", "memory"):
+            p = pick(rows, case, s)
+            if n and p:
+                ratio = p[0]["publish_per_second"] / max(1, n[0]["publish_per_second"])
+                row(f"REST publishes/s ≥ 2× Nchan+Redis, {tool} ({NAMES[s]})",
+                    f"{fmt(p[0]['publish_per_second'])} vs {fmt(n[0]['publish_per_second'])} = {ratio:.2f}×", ratio >= 2 and p[0]["publish_failed"] == 0)
     for case in ("idle-10k", "idle-19k"):
         for s in ("memory", "redis"):
             for r in pick(rows, case, s):
@@ -233,7 +249,80 @@ def targets(rows):
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------- scaling (issue 15)
+
+SCALING_LABEL = re.compile(r"^(memory|redis-2nodes|nchan-redis)-(\d+)(?:\+(\d+))?[cw]-(\d+)s$")
+SCALING_NAMES = {"memory": "memory node", "redis-2nodes": "two Redis nodes", "nchan-redis": "Nchan + Redis"}
+SCALING_COLORS = {"memory": "#1f77b4", "redis-2nodes": "#d62728", "nchan-redis": "#7f7f7f"}
+
+
+def scaling_rows():
+    """Every scaling step on record: bench/results/scaling-*.jsonl (bench/scaling.sh) and
+    devbench-*.jsonl (the 16-core runner), with the machine's core count and server cores."""
+    out = []
+    folder = os.path.join(ROOT, "bench", "results")
+    for name in sorted(os.listdir(folder)):
+        if not (name.startswith("scaling-") or name.startswith("devbench-")) or not name.endswith(".jsonl"):
+            continue
+        nproc = 16 if name.startswith("devbench-16core") else None
+        for r in load(os.path.join(folder, name)):
+            m = SCALING_LABEL.match(r.get("label", ""))
+            if not m:
+                continue
+            cores = int(m.group(2)) + int(m.group(3) or 0)
+            out.append(dict(r, system=m.group(1), cores=cores, subs=int(m.group(4)), nproc=r.get("nproc", nproc), source=name))
+    return out
+
+
+def scaling_section(outdir):
+    rows = scaling_rows()
+    if not rows:
+        return ""
+    peaks = {}
+    for r in rows:
+        if r["lost"] != 0 or r["publish_failed"] != 0:
+            continue
+        k = (r["source"], r["nproc"], r["subs"], r["system"], r["cores"])
+        if k not in peaks or r["delivered_per_second"] > peaks[k]["delivered_per_second"]:
+            peaks[k] = r
+    lines = ["| results file | machine cores | subscribers | server | server cores | peak delivered/s (zero loss) | p50 ms | p99 ms | load tool shares the cores |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---|"]
+    for k in sorted(peaks):
+        r = peaks[k]
+        l = r["latency_ms"]
+        lines.append(f"| {k[0]} | {k[1] or '?'} | {fmt(k[2])} | {SCALING_NAMES[k[3]]} | {k[4]} | {fmt(r['delivered_per_second'])} | {l['p50']} | {l['p99']} | "
+                     f"{'yes' if r.get('shared') else 'no'} |")
+    parts = [lines and "\n".join(lines), ""]
+    # One plot per (machine, subscribers): delivered/s against server cores, one line per server.
+    for (source, subs) in sorted({(k[0], k[2]) for k in peaks}):
+        series = []
+        for system in SCALING_NAMES:
+            pts = [(k[4], peaks[k]["delivered_per_second"]) for k in peaks if k[0] == source and k[2] == subs and k[3] == system]
+            if pts:
+                series.append((SCALING_NAMES[system], SCALING_COLORS[system], "", pts))
+        f = f"scaling-{source.rsplit('.', 1)[0]}-{subs}.svg"
+        if svg_chart(os.path.join(outdir, f), f"peak delivered/s vs server cores ({subs:,} subscribers, {source})", "server cores", "delivered/s", series):
+            parts += [f"![{f}](bench/{f})", ""]
+    return "\n".join(parts)
+
+
+def replace_block(text, name, body):
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin in text and end in text:
+        return text[: text.index(begin) + len(begin)] + "\n" + body + "\n" + text[text.index(end):]
+    return text + "\n" + begin + "\n" + body + "\n" + end + "\n"
+
+
 def main():
+    if "--scaling" in sys.argv:
+        outdir = os.path.join(ROOT, "docs", "bench")
+        os.makedirs(outdir, exist_ok=True)
+        doc = os.path.join(ROOT, "docs", "benchmarks.md")
+        text = replace_block(open(doc).read(), "scaling", scaling_section(outdir))
+        with open(doc, "w") as f:
+            f.write(text)
+        print(scaling_section(outdir))
+        return
     args = [a for a in sys.argv[1:] if a != "--targets-only"]
     path = args[0] if args else os.path.join(ROOT, "bench", "results", "latest.jsonl")
     rows = load(path)
@@ -250,6 +339,7 @@ def main():
         ("channels-10k", "Many channels: 10,000 channels × 1 subscriber", fanout_table),
         ("publish", "REST publish throughput, no subscribers (64 connections, flat out)", lambda r, c: publish_table(r, c)),
         ("publish-100", "REST publish throughput, 100 channels × 1 subscriber (64 connections, flat out)", lambda r, c: publish_table(r, c)),
+        ("publish-wrk", "REST publish throughput with wrk (1 thread, 16 keep-alive connections, no pipelining, 10 s)", wrk_table),
         ("idle-10k", "Idle connections: 10,000", lambda r, c: idle_table(r, c)),
         ("idle-19k", "Idle connections: 19,000 (one node process, fd limit 20,000)", lambda r, c: idle_table(r, c)),
     ]

@@ -13,20 +13,14 @@
 #
 # Loopback only; every process started here is stopped here, by PID.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
+source "$(dirname "$0")/lib.sh"
 
-SETUP_GROUPS=bench source scripts/setup.sh
-swift build -c release --product realtime-gateway >/dev/null
-swift build -c release --product realtime-bench >/dev/null
-BIN=$(swift build -c release --show-bin-path)
-BENCH="$BIN/realtime-bench"
-GATEWAY="$BIN/realtime-gateway"
-
-SCENARIOS=${*:-"fanout-1k fanout-10k latency publish publish-100 channels-10k idle-10k idle-19k storm"}
+SCENARIOS=${*:-"fanout-1k fanout-10k latency publish publish-100 publish-wrk channels-10k idle-10k idle-19k storm"}
 SYSTEMS=${BENCH_SYSTEMS:-"memory redis nchan"}
 RESULTS=${BENCH_RESULTS:-$ROOT/bench/results/latest.jsonl}
 STEP_SECONDS=${BENCH_STEP_SECONDS:-5}
+# Extra settings for every gateway node, e.g. REALTIME_PUBLISH_FAST_PATH=off for an A/B side run.
+read -ra GATEWAY_ENV <<< "${BENCH_GATEWAY_ENV:-}"
 mkdir -p "$(dirname "$RESULTS")"
 touch "$RESULTS"
 # Results of the scenarios and systems run now replace earlier ones; the rest are kept.
@@ -35,72 +29,26 @@ for scenario in $SCENARIOS; do for system in $SYSTEMS; do
     mv "$RESULTS.tmp" "$RESULTS"
 done; done
 
-RUN=$(mktemp -d /tmp/rt-bench.XXXXXX)
-KEY="bench-key-0123456789abcdef"
-SECRET="bench-token-secret-0123456789abcdef0123456789"
 REDIS_PORT=${BENCH_REDIS_PORT:-16379}
 PORT_MEMORY=18080 PORT_A=18081 PORT_B=18082 PORT_NCHAN=18090
-PIDS=()
-
-cleanup() {
-    for pid in "${PIDS[@]:-}"; do [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]:-}"; do [[ -n "$pid" ]] && while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
-    PIDS=()
-}
-trap 'cleanup; rm -rf "$RUN"' EXIT
-
-wait_http() { # url
-    for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "not answering: $1" >&2; return 1
-}
-
-start_redis() {
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-        --dir "$RUN" --logfile "$RUN/redis.log" --maxclients 10000 &
-    PIDS+=($!)
-    for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "redis did not start" >&2; return 1
-}
-
-start_gateway() { # port [redis]
-    local port=$1 redis=${2:-}
-    env -i PATH="$PATH" HOME="$HOME" \
-        REALTIME_PORT="$port" REALTIME_API_KEY="$KEY" REALTIME_TOKEN_SECRET="$SECRET" \
-        REALTIME_KEY_PUBLISH_RATE=100000000 REALTIME_MAX_CONNECTIONS=19900 REALTIME_LOG_LEVEL=warning \
-        ${redis:+REALTIME_REDIS_URL=redis://127.0.0.1:$REDIS_PORT} REALTIME_NODE_ID="bench-$port" \
-        "$GATEWAY" > "$RUN/gateway-$port.log" 2>&1 &
-    PIDS+=($!)
-    LAST_PID=$!
-    wait_http "http://127.0.0.1:$port/readyz"
-}
-
-start_nchan() {
-    mkdir -p "$RUN/nginx"
-    sed -e "s#@RUN@#$RUN/nginx#g" -e "s#@PORT@#$PORT_NCHAN#g" -e "s#@REDIS_PORT@#$REDIS_PORT#g" \
-        bench/nchan.conf.template > "$RUN/nginx/nginx.conf"
-    nginx -c "$RUN/nginx/nginx.conf" -p "$RUN/nginx" &
-    PIDS+=($!)
-    LAST_PID=$!
-    for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$PORT_NCHAN/pub/ping" 2>/dev/null && break; sleep 0.1; done
-    NCHAN_WORKERS=$(pgrep -P "$LAST_PID" | tr '\n' ' ')
-}
+cleanup() { stop_all; }
 
 # Starts a system; sets SUB_WS, PUB_URL, WIRE, MEASURE_PIDS (the process holding subscribers).
 start_system() {
     case $1 in
     memory)
-        start_gateway $PORT_MEMORY
+        start_gateway $PORT_MEMORY "" "${GATEWAY_ENV[@]}"
         WIRE=realtime SUB_WS="ws://127.0.0.1:$PORT_MEMORY/v1/realtime/ws" PUB_URL="http://127.0.0.1:$PORT_MEMORY/v1/realtime/publish"
         MEASURE_PIDS="$LAST_PID" ;;
     redis)
-        start_redis
-        start_gateway $PORT_A redis
-        start_gateway $PORT_B redis
+        start_redis $REDIS_PORT
+        start_gateway $PORT_A "redis://127.0.0.1:$REDIS_PORT" "${GATEWAY_ENV[@]}"
+        start_gateway $PORT_B "redis://127.0.0.1:$REDIS_PORT" "${GATEWAY_ENV[@]}"
         WIRE=realtime SUB_WS="ws://127.0.0.1:$PORT_B/v1/realtime/ws" PUB_URL="http://127.0.0.1:$PORT_A/v1/realtime/publish"
         MEASURE_PIDS="$LAST_PID" ;;
     nchan)
-        start_redis
-        start_nchan
+        start_redis $REDIS_PORT
+        start_nchan $PORT_NCHAN $REDIS_PORT
         WIRE=raw SUB_WS="ws://127.0.0.1:$PORT_NCHAN/sub/{channel}" PUB_URL="http://127.0.0.1:$PORT_NCHAN/pub/{channel}"
         MEASURE_PIDS="$NCHAN_WORKERS" ;;
     esac
@@ -128,6 +76,10 @@ for scenario in $SCENARIOS; do
                          --rates 10,20,40,60,80,100,120,150,200 --connections 8 --workers 2 ;;
         latency)     bench "$system" "$scenario" fanout --subscribers 1000 --channels 1 --seconds 10 --rates 100 --connections 8 --threads 2 ;;
         publish)     bench "$system" "$scenario" fanout --subscribers 0 --channels 100 --seconds "$STEP_SECONDS" --rates max --connections 64 ;;
+        publish-wrk) # wrk: one thread, 16 keep-alive connections, no pipelining, 10 s (the issue's setup)
+                     echo "== $scenario on $system" >&2
+                     BENCH_KEY=$([[ $system == nchan ]] || echo "$KEY") wrk -t1 -c16 -d10s -s bench/wrk-publish.lua \
+                         "${PUB_URL/\{channel\}/bench-wrk}" | grep '^{' | sed -e "s/^{/{\"system\":\"$system\",\"case\":\"$scenario\",\"label\":\"$system\",/" >> "$RESULTS" ;;
         publish-100) bench "$system" "$scenario" fanout --subscribers 100 --channels 100 --seconds "$STEP_SECONDS" --rates max --connections 64 ;;
         channels-10k) bench "$system" "$scenario" fanout --subscribers 10000 --channels 10000 --seconds "$STEP_SECONDS" \
                          --rates 2000,5000,10000,20000,40000 --connections 32 --workers 2 ;;

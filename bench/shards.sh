@@ -10,37 +10,16 @@
 #
 # Loopback only; every process started here is stopped here, by PID.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
-
-SETUP_GROUPS=bench source scripts/setup.sh
-swift build -c release --product realtime-gateway >/dev/null
-swift build -c release --product realtime-bench >/dev/null
-BIN=$(swift build -c release --show-bin-path)
+source "$(dirname "$0")/lib.sh"
 STEP_SECONDS=${BENCH_STEP_SECONDS:-5}
 RESULTS=$ROOT/bench/results/shards.jsonl
 mkdir -p "$(dirname "$RESULTS")"
-RUN=$(mktemp -d /tmp/rt-shards.XXXXXX)
-KEY="bench-key-0123456789abcdef"
-SECRET="bench-token-secret-0123456789abcdef0123456789"
-PIDS=()
 
 cleanup() {
-    for pid in "${PIDS[@]:-}"; do [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]:-}"; do [[ -n "$pid" ]] && while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
-    PIDS=()
+    stop_all
     RT_RUN_DIR="$RUN/redis" bash ops/redis-down.sh >/dev/null 2>&1 || true
 }
 trap 'cleanup; rm -rf "$RUN"' EXIT
-
-start_gateway() { # port url
-    env -i PATH="$PATH" HOME="$HOME" REALTIME_PORT="$1" REALTIME_API_KEY="$KEY" REALTIME_TOKEN_SECRET="$SECRET" \
-        REALTIME_KEY_PUBLISH_RATE=100000000 REALTIME_MAX_CONNECTIONS=19900 REALTIME_LOG_LEVEL=warning \
-        REALTIME_REDIS_URL="$2" REALTIME_NODE_ID="bench-$1" "$BIN/realtime-gateway" > "$RUN/gateway-$1.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$1/readyz" 2>/dev/null && return 0; sleep 0.1; done
-    echo "gateway $1 not ready" >&2; return 1
-}
 
 # CPU ticks (user + system) of every redis-server the deployment runs, one per line: "name ticks".
 redis_ticks() {
@@ -69,7 +48,7 @@ for deployment in single cluster; do
         publish) args=(--subscribers 0 --channels 100 --rates max --connections 64) ;;
         fanout-1k-channels) args=(--subscribers 2000 --channels 1000 --rates max --connections 64) ;;
         esac
-        line=$("$BIN/realtime-bench" fanout --wire realtime --ws-url ws://127.0.0.1:18182/v1/realtime/ws \
+        line=$("$BENCH" fanout --wire realtime --ws-url ws://127.0.0.1:18182/v1/realtime/ws \
             --publish-url http://127.0.0.1:18181/v1/realtime/publish --key "$KEY" --label "$deployment" \
             --seconds "$STEP_SECONDS" "${args[@]}" | tail -n 1)
         elapsed=$(( ($(date +%s%N) - start) / 1000000 ))

@@ -1,3 +1,4 @@
+import RealtimeTestSupport
 import Testing
 @testable import RealtimeCore
 
@@ -60,6 +61,19 @@ import Testing
         #expect(a < b && b < c)
         #expect(c.description == "1700000000001-0")
         #expect(MessageID("abc") == nil && MessageID("1-x") == nil && MessageID("-1") == nil)
+    }
+
+    @Test func refusesWhatIsNotAnIDAndKeepsEveryValidOne() {
+        for bad in ["", "-", "1-", "1--2", "1-2-3", " 1-2", "1-2 ", "+1-2", "18446744073709551616-0", "1-18446744073709551616"] {
+            #expect(MessageID(bad) == nil, "\(bad)")
+        }
+        #expect(MessageID("18446744073709551615-18446744073709551615") == MessageID(milliseconds: .max, sequence: .max))
+        var rng = SeededGenerator(seed: 7)
+        for _ in 0..<1000 {
+            let id = MessageID(milliseconds: rng.next() >> UInt64.random(in: 0...63, using: &rng), sequence: rng.next() >> 40)
+            #expect(MessageID(id.description) == id)
+            #expect(MessageID(Substring(id.description)) == id)
+        }
     }
 
     @Test func nextNeverGoesBackwardsEvenWhenTheClockDoes() {

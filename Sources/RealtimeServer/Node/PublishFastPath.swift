@@ -146,7 +146,14 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Handles what waited, in order, until something must wait again; then reads on.
     private func resume(context: ChannelHandlerContext) {
-        while let part = waiting.first, handle(part, context: context) { waiting.removeFirst() }
+        var handled = false
+        while let part = waiting.first, handle(part, context: context) {
+            waiting.removeFirst()
+            handled = true
+        }
+        // Outside a read, the router's channel handler passes on what it was given only at a
+        // read's end: without this, a request that waited here would sit there unanswered.
+        if handled { context.fireChannelReadComplete() }
         if waiting.isEmpty, !isRunning, readHeld {
             readHeld = false
             context.read()
