@@ -73,21 +73,22 @@ public final class RedisCommandClient: RedisCommandSending {
         let loops = Array(group.makeIterator())
         self.loops = loops.isEmpty ? [group.next()] : loops
         self.loopIndex = Dictionary(self.loops.enumerated().map { (ObjectIdentifier($1), $0) }, uniquingKeysWith: { a, _ in a })
-        // At least one connection per loop, the same number on each.
-        let perLoop = max(1, (configuration.poolSize + self.loops.count - 1) / self.loops.count)
-        self.slots = (0..<(perLoop * self.loops.count)).map { _ in Slot() }
+        self.slots = (0..<max(1, configuration.poolSize)).map { _ in Slot() }
     }
 
-    /// The slot for the next command: on an event loop of the group, one of the connections
-    /// that live on that loop, so the command is written without a thread hop and commands
-    /// issued in one loop turn (concurrent publishes, say) leave in one write; elsewhere,
-    /// round robin over all.
+    /// The slot for the next command: called on an event loop of the group that has
+    /// connections of its own (slot `i` lives on loop `i % loops.count`), one of those, so the
+    /// command is written without a thread hop and the commands issued in one loop turn
+    /// (concurrent publishes, say) leave in one write; otherwise round robin over all.
     private func nextSlot() -> Int {
         let n = next.wrappingAdd(1, ordering: .relaxed).oldValue & Int.max
-        guard let current = MultiThreadedEventLoopGroup.currentEventLoop, let index = loopIndex[ObjectIdentifier(current)] else {
+        guard let current = MultiThreadedEventLoopGroup.currentEventLoop, let index = loopIndex[ObjectIdentifier(current)],
+            index < slots.count
+        else {
             return n % slots.count
         }
-        return index + loops.count * (n % (slots.count / loops.count))
+        let onThisLoop = (slots.count - 1 - index) / loops.count + 1
+        return index + loops.count * (n % onThisLoop)
     }
 
     /// Sends a command on the next connection of the pool.

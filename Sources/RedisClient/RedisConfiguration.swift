@@ -1,3 +1,5 @@
+import NIOCore
+
 /// Where and how to connect: parsed from `redis://[user:password@]host[:port][/db]` or
 /// `rediss://...` (TLS, verified against the system's trust roots, or against the PEM file
 /// named by a `?tls_ca_file=/path` query for a private CA).
@@ -13,8 +15,9 @@ public struct RedisConfiguration: Sendable, Equatable {
     /// A command without a reply in this time fails and its connection is closed.
     public var commandTimeout: Duration = .seconds(5)
     public var connectTimeout: Duration = .seconds(3)
-    /// Command connections shared (pipelined) by all concurrent requests.
-    public var poolSize = 4
+    /// Command connections shared (pipelined) by all concurrent requests: by default one per
+    /// core (at least 4), so that each event loop has one of its own (``RedisCommandClient``).
+    public var poolSize = max(4, System.coreCount)
 
     public init(host: String, port: Int = 6379, database: Int = 0, username: String? = nil, password: String? = nil, tls: Bool = false) {
         self.host = host

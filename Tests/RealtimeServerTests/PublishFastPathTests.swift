@@ -184,6 +184,12 @@ import Testing
         let lines = text.split(separator: "\n").filter { $0.hasPrefix("hb_requests{") && $0.contains("\"/v1/realtime/publish\"") }
         #expect(lines.contains { $0.contains("\"201\"") && $0.hasSuffix(" 3") }, "\(lines)")
         #expect(lines.contains { $0.contains("\"401\"") && $0.hasSuffix(" 1") }, "\(lines)")
+        #if DEBUG
+        // A debug build counts lock acquisitions and contention (what serialises, on many cores).
+        let taken = text.split(separator: "\n").first { $0.hasPrefix("realtime_debug_lock_acquired_total{lock=\"memory_engine_shard\"}") }
+        #expect(taken.flatMap { $0.split(separator: " ").last.flatMap { Int($0) } }.map { $0 >= 3 } == true, "\(String(describing: taken))")
+        #expect(text.contains("realtime_debug_lock_contended_total{lock=\"key_rate_limiter\"}"))
+        #endif
         await node.terminate()
     }
 

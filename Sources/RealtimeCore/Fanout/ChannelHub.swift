@@ -149,7 +149,7 @@ public final class ChannelHub: Sendable {
         self.engine = engine
         self.linkWait = linkWait
         self.resumeBufferLimit = resumeBufferLimit
-        self.shards = (0..<max(1, shardCount)).map { _ in Locked(Shard()) }
+        self.shards = (0..<max(1, shardCount)).map { _ in Locked(Shard(), counting: LockStatistics.hubShards) }
     }
 
     var broker: any Broker { engine.broker }

@@ -82,7 +82,7 @@ public final class MemoryEngine: Sendable {
     public init(configuration: EngineConfiguration = .init(), clock: any RealtimeClock = SystemClock(), shardCount: Int = 16) {
         self.configuration = configuration
         self.clock = clock
-        self.shards = (0..<max(1, shardCount)).map { _ in Locked(Shard()) }
+        self.shards = (0..<max(1, shardCount)).map { _ in Locked(Shard(), counting: LockStatistics.memoryEngineShards) }
     }
 
     /// The four parts of the engine, all served by this object.

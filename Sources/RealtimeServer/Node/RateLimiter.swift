@@ -29,7 +29,7 @@ struct TokenBucket {
 final class KeyedRateLimiter: Sendable {
     let rate: Int
     let clock: any RealtimeClock
-    let buckets = Mutex<[String: TokenBucket]>([:])
+    let buckets = Locked<[String: TokenBucket]>([:], counting: LockStatistics.keyRateLimiter)
 
     init(rate: Int, clock: any RealtimeClock) {
         self.rate = rate

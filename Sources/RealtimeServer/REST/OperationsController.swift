@@ -22,6 +22,7 @@ struct OperationsController: Sendable {
         router.get("metrics") { _, _ in
             var bytes: [UInt8] = []
             runtime.metrics.registry.emit(into: &bytes)
+            bytes += LockStatistics.prometheusText.utf8  // debug builds only
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
