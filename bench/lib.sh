@@ -30,13 +30,17 @@ wait_http() { # url
     echo "not answering: $1" >&2; return 1
 }
 
-# Runs "$@" pinned to CPUS (a taskset list) when CPUS is set.
-pinned() { if [[ -n "${CPUS:-}" ]]; then taskset -c "$CPUS" "$@"; else "$@"; fi; }
+# Starts "$@" in the background, pinned to CPUS (a taskset list) when set; records its PID in
+# PIDS and LAST_PID (taskset execs the command, so the PID is the server's own).
+spawn() {
+    if [[ -n "${CPUS:-}" ]]; then taskset -c "$CPUS" "$@" & else "$@" & fi
+    LAST_PID=$!
+    PIDS+=($LAST_PID)
+}
 
 start_redis() { # port
-    CPUS=${REDIS_CPUS:-} pinned redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-        --dir "$RUN" --logfile "$RUN/redis-$1.log" --maxclients 10000 &
-    PIDS+=($!)
+    CPUS=${REDIS_CPUS:-} spawn redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+        --dir "$RUN" --logfile "$RUN/redis-$1.log" --maxclients 10000
     for _ in $(seq 1 50); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
     echo "redis did not start" >&2; return 1
 }
@@ -46,13 +50,11 @@ start_redis() { # port
 start_gateway() {
     local port=$1 redis=${2:-}
     shift; [[ $# -gt 0 ]] && shift
-    CPUS=${CPUS:-} pinned env -i PATH="$PATH" HOME="$HOME" \
+    spawn env -i PATH="$PATH" HOME="$HOME" \
         REALTIME_PORT="$port" REALTIME_API_KEY="$KEY" REALTIME_TOKEN_SECRET="$SECRET" \
         REALTIME_KEY_PUBLISH_RATE=100000000 REALTIME_MAX_CONNECTIONS=19900 REALTIME_LOG_LEVEL=warning \
         ${redis:+REALTIME_REDIS_URL=$redis} REALTIME_NODE_ID="bench-$port" "$@" \
-        "$GATEWAY" > "$RUN/gateway-$port.log" 2>&1 &
-    PIDS+=($!)
-    LAST_PID=$!
+        "$GATEWAY" > "$RUN/gateway-$port.log" 2>&1
     wait_http "http://127.0.0.1:$port/readyz"
 }
 
@@ -64,9 +66,7 @@ start_nchan() {
     sed -e "s#@RUN@#$dir#g" -e "s#@PORT@#$1#g" -e "s#@REDIS_PORT@#$2#g" \
         -e "s#worker_processes [0-9]*#worker_processes ${3:-2}#" \
         "$ROOT/bench/nchan.conf.template" > "$dir/nginx.conf"
-    CPUS=${CPUS:-} pinned nginx -c "$dir/nginx.conf" -p "$dir" &
-    PIDS+=($!)
-    LAST_PID=$!
+    spawn nginx -c "$dir/nginx.conf" -p "$dir"
     for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$1/pub/ping" 2>/dev/null && break; sleep 0.1; done
     NCHAN_WORKERS=$(pgrep -P "$LAST_PID" | tr '\n' ' ')
 }

@@ -14,18 +14,43 @@ swift build --build-tests
 # docs/robustness.md, "Known issue"). Each run is bounded (5 minutes) in a process group of its
 # own, so a stalled test process ends with it; a run that stalls or fails is repeated, at most
 # five runs in all, and every failed run is reported. A real failure fails every run.
+# A process and all its descendants, by PID (read before anything is killed: `swift test`
+# starts the test binary, and the test binary its redis-servers, outside the process group, so
+# a group kill alone left a stalled run's processes running, and the next run competed with them).
+process_tree() {
+  local all=$1 frontier=$1 next p
+  while [ -n "$frontier" ]; do
+    next=""
+    for p in $frontier; do next="$next $(ps -o pid= --ppid "$p" | tr '\n' ' ')"; done
+    frontier=$(echo $next)
+    all="$all $frontier"
+  done
+  echo $all
+}
 run_swift_tests() {
-  setsid swift test --skip-build &
+  # Its own temporary directory: the Redis clusters and Sentinel setups the tests start
+  # (daemonized, so not in the tree) keep their PID files there, and are stopped by them.
+  local tmp
+  tmp=$(mktemp -d /tmp/rt-test-run.XXXXXX)
+  TMPDIR=$tmp setsid swift test --skip-build &
   local pid=$! deadline=$((SECONDS + 300))
   while kill -0 "$pid" 2>/dev/null; do
     if [ $SECONDS -ge $deadline ]; then
+      local tree
+      tree=$(process_tree "$pid")
       kill -KILL -- "-$pid" 2>/dev/null
+      for p in $tree; do kill -KILL "$p" 2>/dev/null; done
       wait "$pid" 2>/dev/null
+      for d in "$tmp"/rt-topology-*; do [ -d "$d" ] && RT_RUN_DIR="$d" bash ops/redis-down.sh >/dev/null 2>&1; done
+      rm -rf "$tmp"
       return 124
     fi
     sleep 2
   done
-  wait "$pid"
+  local rc=0
+  wait "$pid" || rc=$?
+  rm -rf "$tmp"
+  return $rc
 }
 for attempt in 1 2 3 4 5; do
   set +e
