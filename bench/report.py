@@ -300,7 +300,8 @@ def scaling_section(outdir):
             pts = [(k[4], peaks[k]["delivered_per_second"]) for k in peaks if k[0] == source and k[2] == subs and k[3] == system]
             if pts:
                 series.append((SCALING_NAMES[system], SCALING_COLORS[system], "", pts))
-        f = f"scaling-{source.rsplit('.', 1)[0]}-{subs}.svg"
+        name = source.rsplit(".", 1)[0]
+        f = f"scaling-{name[len('scaling-'):] if name.startswith('scaling-') else name}-{subs}.svg"
         if svg_chart(os.path.join(outdir, f), f"peak delivered/s vs server cores ({subs:,} subscribers, {source})", "server cores", "delivered/s", series):
             parts += [f"![{f}](bench/{f})", ""]
     return "\n".join(parts)

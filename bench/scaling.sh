@@ -74,7 +74,7 @@ for n in $CORES; do
             (( n >= NPROC && NPROC < 16 )) && { a=$server b=$server; }
             CPUS=$a start_gateway $PORT_A "redis://127.0.0.1:$REDIS_PORT"
             CPUS=$b start_gateway $PORT_B "redis://127.0.0.1:$REDIS_PORT"
-            parts="${half}+$(( n - half ))"; (( n == 1 )) && parts="1+1"
+            parts="${half}+$(( n - half ))"; (( n == 1 )) && parts="1"  # both nodes on one core
             bench "redis-2nodes-${parts}c-${SUBS}s" "ws://127.0.0.1:$PORT_B/v1/realtime/ws" "http://127.0.0.1:$PORT_A/v1/realtime/publish" realtime $shared "$load" ;;
         nchan)
             REDIS_CPUS=$redis start_redis $REDIS_PORT

@@ -51,6 +51,8 @@ private final class PublisherHandler: ChannelInboundHandler {
     var intended: UInt64 = 0
     var channelIndex = 0
     var status: UInt = 0
+    /// A request was sent and its response has not ended yet.
+    var outstanding = false
     let padding: String
 
     init(plan: PublishPlan, slot: Int, start: UInt64, host: String, path: String, done: EventLoopPromise<PublishResult>) {
@@ -111,6 +113,7 @@ private final class PublisherHandler: ChannelInboundHandler {
         context.write(wrapOutboundOut(.head(HTTPRequestHead(version: .http1_1, method: .POST, uri: uri, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        outstanding = true
         result.sent += 1
     }
 
@@ -121,6 +124,13 @@ private final class PublisherHandler: ChannelInboundHandler {
         case .body:
             break
         case .end:
+            guard outstanding else {
+                // A server bug this tool must show, not crash on.
+                result.failed += 1
+                progress("publish connection \(slot): a response (HTTP \(status)) with no request outstanding")
+                return
+            }
+            outstanding = false
             let now = monotonicNanos()
             if (200..<300).contains(status) {
                 result.ok += 1
@@ -129,7 +139,7 @@ private final class PublisherHandler: ChannelInboundHandler {
                 result.failed += 1
                 if result.failed <= 3 { progress("publish: HTTP \(status)") }
             }
-            _ = result.latency.record(max((now - intended) / 1000, 1))
+            _ = result.latency.record(max((now &- min(intended, now)) / 1000, 1))
             n += UInt64(plan.connections)
             next(context: context)
         }

@@ -87,7 +87,35 @@ func residentKiB(pid: Int32) -> Int? {
 
 /// Writes one line to stderr (progress), leaving stdout to results.
 func progress(_ text: String) {
-    FileHandle.standardError.write(Data((text + "\n").utf8))
+    writeAll(STDERR_FILENO, text + "\n")
+}
+
+/// Writes all of `text` to `fd`, retrying interrupted and partial writes (`FileHandle.write`
+/// traps on `EINTR`, which a loaded machine delivers now and then).
+func writeAll(_ fd: Int32, _ text: String) {
+    let bytes = Array(text.utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+        if n > 0 {
+            offset += n
+        } else if n < 0, errno == EINTR || errno == EAGAIN {
+            continue
+        } else {
+            return
+        }
+    }
+}
+
+/// What `fd` has to read (blocking until something is there), retrying interrupted reads;
+/// empty at end of file or on an error.
+func readSome(_ fd: Int32) -> [UInt8] {
+    var buffer = [UInt8](repeating: 0, count: 65_536)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+        if n >= 0 { return Array(buffer[..<n]) }
+        if errno != EINTR { return [] }
+    }
 }
 
 func jsonLine<T: Encodable>(_ value: T) -> String {
@@ -98,5 +126,5 @@ func jsonLine<T: Encodable>(_ value: T) -> String {
 
 /// Writes one JSON result line to stdout.
 func emitResult<T: Encodable>(_ value: T) {
-    FileHandle.standardOutput.write(Data((jsonLine(value) + "\n").utf8))
+    writeAll(STDOUT_FILENO, jsonLine(value) + "\n")
 }

@@ -19,13 +19,13 @@ final class WorkerProcess: @unchecked Sendable {
         let (stream, continuation) = AsyncStream<String>.makeStream()
         lines = stream
         iterator = stream.makeAsyncIterator()
-        let handle = output.fileHandleForReading
+        let fd = output.fileHandleForReading.fileDescriptor
         let thread = Thread {
             var pending = Data()
             while true {
-                let chunk = handle.availableData
+                let chunk = readSome(fd)
                 if chunk.isEmpty { break }
-                pending.append(chunk)
+                pending.append(contentsOf: chunk)
                 while let nl = pending.firstIndex(of: 0x0A) {
                     continuation.yield(String(decoding: pending[pending.startIndex..<nl], as: UTF8.self))
                     pending = Data(pending[(nl + 1)...])
@@ -39,7 +39,7 @@ final class WorkerProcess: @unchecked Sendable {
     }
 
     func send(_ line: String) {
-        input.fileHandleForWriting.write(Data((line + "\n").utf8))
+        writeAll(input.fileHandleForWriting.fileDescriptor, line + "\n")
     }
 
     /// The next report line.
@@ -111,8 +111,7 @@ func runWorker() async throws {
     }
     let pool = try SubscriberPool(config: config)
     var (connected, failed) = await pool.connectAll()
-    let out = FileHandle.standardOutput
-    func emit(_ r: WorkerReport) { out.write(Data((jsonLine(r) + "\n").utf8)) }
+    func emit(_ r: WorkerReport) { writeAll(STDOUT_FILENO, jsonLine(r) + "\n") }
     while let line = readLine() {
         let words = line.split(separator: " ")
         switch words.first {
