@@ -194,17 +194,19 @@ import Testing
     }
 
     @Test func tokenIsRefreshedBeforeItExpires() async throws {
-        try await TestNode.with({ $0.timing.tokenExpiryWarningSeconds = 2 }) { node in
+        // The token lives 10 s and the warning comes 8 s before: the refresh has 8 s to land, so
+        // a loaded machine cannot make it late.
+        try await TestNode.with({ $0.timing.tokenExpiryWarningSeconds = 8 }) { node in
             let rest = RealtimeREST(baseURL: node.base, apiKey: node.key)
             let calls = Atomic<Int>(0)
             let connection = RealtimeConnection(options: .init(endpoint: node.wsURL) {
                 calls.add(1, ordering: .relaxed)
-                return try await rest.issueToken(TokenRequest(clientID: "short", capabilities: ["*": ["*"]], ttlSeconds: 3)).token
+                return try await rest.issueToken(TokenRequest(clientID: "short", capabilities: ["*": ["*"]], ttlSeconds: 10)).token
             })
             await connection.connect()
             try await connection.waitUntilConnected()
             let before = await connection.state
-            try await Task.sleep(for: .seconds(4), clock: .suspending)
+            try await Task.sleep(for: .seconds(11), clock: .suspending)
             #expect(await connection.state == before, "still the same connection after the first token expired")
             #expect(calls.load(ordering: .relaxed) >= 2)
             let ch = await connection.channel("sdk-after")

@@ -83,6 +83,12 @@ def test_https_publish_and_wss_subscribe_and_resume_with_the_python_clients(pki)
         req = urllib.request.Request(node.url + "/healthz")
         with urllib.request.urlopen(req, context=context(pki)) as r:
             assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+        # A publish (answered below the router) carries it too.
+        publish = urllib.request.Request(
+            node.url + "/v1/realtime/publish", data=b'{"channel":"hsts","event":"e","data":1}',
+            headers={"Authorization": "Bearer " + KEY, "Content-Type": "application/json"})
+        with urllib.request.urlopen(publish, context=context(pki)) as r:
+            assert r.status == 201 and r.headers["Strict-Transport-Security"].startswith("max-age=")
         # Plain HTTP on the TLS port gets no answer a client could take for one.
         with pytest.raises(Exception):
             urllib.request.urlopen(node.url.replace("https://", "http://") + "/healthz", timeout=5).read()
