@@ -105,14 +105,14 @@ enum RESTTarget {
             _ = try? ChannelName(validating: request.name)
             _ = request.type.flatMap(ChannelType.init(rawValue:))
         case 2:
-            guard let request = try? RequestDecoding.decode(RESTController.PublishBody.self, from: body) else { return }
+            guard let request = try? RequestDecoding.decode(PublishEndpoint.PublishBody.self, from: body) else { return }
             if let data = request.data { precondition(JSONParser.isValid(Array(data.jsonText.utf8))) }
             _ = try? ChannelName(validating: request.channel)
         case 3:
-            guard let batch = try? RequestDecoding.decode(RESTController.BatchBody.self, from: body) else { return }
+            guard let batch = try? RequestDecoding.decode(PublishEndpoint.BatchBody.self, from: body) else { return }
             for (index, item) in batch.messages.enumerated() {
                 do {
-                    _ = try RESTController.batchItem(item, index: index)
+                    _ = try PublishEndpoint.batchItem(item, index: index)
                 } catch {
                     precondition(error.code == 40000, "a batch item failed with \(error.code)")
                 }
