@@ -1,9 +1,9 @@
-import Hummingbird
-import HummingbirdWebSocket
-import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
 import RealtimeClient
 import RealtimeCore
-import ServiceLifecycle
 import Synchronization
 import RealtimeTestSupport
 import Testing
@@ -252,57 +252,64 @@ import Testing
 /// Close code 4003 (forbidden) means "do not retry". No gateway path sends it today, so a
 /// WebSocket endpoint that refuses every connection with it stands in for the server; what is
 /// tested is the client's reaction.
+///
+/// The endpoint is plain NIO: it sends the close frame and closes the connection at once. (It
+/// was a Hummingbird WebSocket route under a ServiceGroup with shutdown bounds; both arm
+/// continuous-clock timers, whose wake-ups the test process's known stall loses:
+/// docs/robustness.md.)
 @Suite struct SwiftClientForbiddenTests {
-    @Test func neverRetriesAfterAForbiddenClose() async throws {
-        let attempts = Atomic<Int>(0)
-        let router = Router(context: BasicWebSocketRequestContext.self)
-        router.ws("/v1/realtime/ws") { _, outbound, _ in
-            attempts.add(1, ordering: .relaxed)
-            try await outbound.close(.unknown(4003), reason: "forbidden")
-        }
-        let port = BoundPort()
-        var logger = Logger(label: "refusing")
-        logger.logLevel = .critical
-        let app = Application(
-            router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
-            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { port.set($0.localAddress?.port ?? 0) }, logger: logger
-        )
-        var groupConfiguration = ServiceGroupConfiguration(services: [app], logger: logger)
-        // The server must not wait on a lingering client connection at the end of the test.
-        groupConfiguration.maximumGracefulShutdownDuration = .seconds(2)
-        groupConfiguration.maximumCancellationDuration = .seconds(2)
-        let group = ServiceGroup(configuration: groupConfiguration)
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await group.run() }
-            var options = RealtimeConnection.Options(endpoint: "ws://127.0.0.1:\(await port.wait())/v1/realtime/ws") { "any-token" }
-            options.minRetryDelay = .milliseconds(20)
-            options.maxRetryDelay = .milliseconds(50)
-            let connection = RealtimeConnection(options: options)
-            await connection.connect()
-            let failed = try await withThrowingTaskGroup(of: Bool.self) { race in
-                race.addTask {
-                    for await state in connection.states {
-                        if case .failed(let code) = state { return code == 4003 }
-                    }
-                    return false
-                }
-                race.addTask {
-                    try await Task.sleep(for: .seconds(10), clock: .suspending)
-                    return false
-                }
-                defer { race.cancelAll() }
-                return try await race.next() ?? false
+    final class Attempts: Sendable {
+        let count = Atomic<Int>(0)
+    }
+
+    static func forbiddingEndpoint(_ attempts: Attempts) async throws -> any Channel {
+        try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                let upgrader = NIOWebSocketServerUpgrader(
+                    shouldUpgrade: { channel, _ in channel.eventLoop.makeSucceededFuture(HTTPHeaders()) },
+                    upgradePipelineHandler: { channel, _ in
+                        attempts.count.add(1, ordering: .relaxed)
+                        var code = channel.allocator.buffer(capacity: 2)
+                        code.writeInteger(UInt16(4003))
+                        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: code)
+                        return channel.writeAndFlush(frame).flatMap { channel.close() }
+                    })
+                return channel.pipeline.configureHTTPServerPipeline(withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
             }
-            #expect(failed)
-            await #expect(throws: RealtimeClientError.self) { try await connection.waitUntilConnected() }
-            try await Task.sleep(for: .milliseconds(500), clock: .suspending)  // retries would come every 20-50 ms
-            #expect(attempts.load(ordering: .relaxed) == 1)
-            #expect(await connection.state == .failed(code: 4003))
-            await connection.close()
-            await group.triggerGracefulShutdown()
-            try await tasks.waitForAll()
+            .bind(host: "127.0.0.1", port: 0).get()
+    }
+
+    @Test func neverRetriesAfterAForbiddenClose() async throws {
+        let attempts = Attempts()
+        let server = try await Self.forbiddingEndpoint(attempts)
+        let port = try #require(server.localAddress?.port)
+        var options = RealtimeConnection.Options(endpoint: "ws://127.0.0.1:\(port)/v1/realtime/ws") { "any-token" }
+        options.minRetryDelay = .milliseconds(20)
+        options.maxRetryDelay = .milliseconds(50)
+        let connection = RealtimeConnection(options: options)
+        await connection.connect()
+        let failed = try await withThrowingTaskGroup(of: Bool.self) { race in
+            race.addTask {
+                for await state in connection.states {
+                    if case .failed(let code) = state { return code == 4003 }
+                }
+                return false
+            }
+            race.addTask {
+                try await Task.sleep(for: .seconds(10), clock: .suspending)
+                return false
+            }
+            defer { race.cancelAll() }
+            return try await race.next() ?? false
         }
+        #expect(failed)
+        await #expect(throws: RealtimeClientError.self) { try await connection.waitUntilConnected() }
+        try await Task.sleep(for: .milliseconds(500), clock: .suspending)  // retries would come every 20-50 ms
+        #expect(attempts.count.load(ordering: .relaxed) == 1)
+        #expect(await connection.state == .failed(code: 4003))
+        await connection.close()
+        try await server.close()
     }
 }
 
