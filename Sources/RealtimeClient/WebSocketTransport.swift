@@ -138,9 +138,28 @@ private final class FrameHandler: ChannelInboundHandler {
     var message: ByteBuffer?
     var closeCode: UInt16?
     var closeSent = false
+    private var ended = false
 
     init(continuation: AsyncStream<WebSocketTransport.Event>.Continuation) {
         self.continuation = continuation
+    }
+
+    /// A server that answers the upgrade and closes at once (a 4003 refusal, say) can end the
+    /// connection while the upgrade is still being completed: its `channelInactive` then passed
+    /// before this handler was added, and the stream would never end (the connection loop, and
+    /// whoever waits on it, would hang). Then the stream ends here, once the bytes that came with
+    /// the upgrade response (the close frame) have been read.
+    func handlerAdded(context: ChannelHandlerContext) {
+        guard !context.channel.isActive else { return }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.eventLoop.execute { bound.value.end() }
+    }
+
+    private func end() {
+        guard !ended else { return }
+        ended = true
+        continuation.yield(.closed(code: closeCode))
+        continuation.finish()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -171,8 +190,7 @@ private final class FrameHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        continuation.yield(.closed(code: closeCode))
-        continuation.finish()
+        end()
         context.fireChannelInactive()
     }
 

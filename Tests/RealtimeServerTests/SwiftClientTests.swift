@@ -253,13 +253,21 @@ import Testing
 /// WebSocket endpoint that refuses every connection with it stands in for the server; what is
 /// tested is the client's reaction.
 ///
-/// The endpoint is plain NIO: it sends the close frame and closes the connection at once. (It
-/// was a Hummingbird WebSocket route under a ServiceGroup with shutdown bounds; both arm
-/// continuous-clock timers, whose wake-ups the test process's known stall loses:
+/// The endpoint is plain NIO on event-loop timers: it sends the close frame and closes when the
+/// client answers it. (It was a Hummingbird WebSocket route under a ServiceGroup with shutdown
+/// bounds, whose continuous-clock timers the test process's known stall loses:
 /// docs/robustness.md.)
 @Suite struct SwiftClientForbiddenTests {
     final class Attempts: Sendable {
         let count = Atomic<Int>(0)
+    }
+
+    /// Closes the connection when the client's close frame arrives.
+    final class CloseOnReply: ChannelInboundHandler, Sendable {
+        typealias InboundIn = WebSocketFrame
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            if unwrapInboundIn(data).opcode == .connectionClose { context.close(promise: nil) }
+        }
     }
 
     static func forbiddingEndpoint(_ attempts: Attempts) async throws -> any Channel {
@@ -273,7 +281,11 @@ import Testing
                         var code = channel.allocator.buffer(capacity: 2)
                         code.writeInteger(UInt16(4003))
                         let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: code)
-                        return channel.writeAndFlush(frame).flatMap { channel.close() }
+                        // As a WebSocket server does: close once the client answers the close
+                        // (or after 5 s without an answer, on an event-loop timer).
+                        channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+                        return channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(CloseOnReply()) }
+                            .flatMap { channel.writeAndFlush(frame) }
                     })
                 return channel.pipeline.configureHTTPServerPipeline(withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
             }
