@@ -357,11 +357,7 @@ def main():
     body = "\n".join(parts)
     doc = os.path.join(ROOT, "docs", "benchmarks.md")
     text = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n\n<!-- results:begin -->\n<!-- results:end -->\n"
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
-    if begin in text and end in text:
-        text = text[: text.index(begin) + len(begin)] + "\n" + body + "\n" + text[text.index(end):]
-    else:
-        text += "\n" + begin + "\n" + body + "\n" + end + "\n"
+    text = replace_block(text, "results", body)
     with open(doc, "w") as f:
         f.write(text)
     print(targets(rows))

@@ -258,7 +258,7 @@ final class PublishRouteMetrics: Sendable {
 
     init() {
         var usual: [Key: Instruments] = [:]
-        for route in [PublishEndpoint.Route.single, .batch] {
+        for route in PublishEndpoint.Route.allCases {
             for status in [200, 201] { usual[Key(route: route, status: status)] = Self.make(Key(route: route, status: status)) }
         }
         self.usual = usual
@@ -282,8 +282,7 @@ final class PublishRouteMetrics: Sendable {
     }
 
     private static func make(_ key: Key) -> Instruments {
-        let path = key.route == .single ? "/v1/realtime/publish" : "/v1/realtime/publish/batch"
-        let dimensions = [("http.route", path), ("http.request.method", "POST"), ("http.response.status_code", String(key.status))]
+        let dimensions = [("http.route", key.route.path), ("http.request.method", "POST"), ("http.response.status_code", String(key.status))]
         return Instruments(
             requests: Counter(label: "hb.requests", dimensions: dimensions),
             duration: Metrics.Timer(label: "http.server.request.duration", dimensions: dimensions, preferredDisplayUnit: .seconds))

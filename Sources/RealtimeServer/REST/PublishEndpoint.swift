@@ -7,17 +7,23 @@ import RealtimeCore
 /// the connection's fast path (``PublishFastPath``) both answer through this, so the two ways
 /// in cannot drift apart: same checks, in the same order, same errors.
 struct PublishEndpoint: Sendable {
-    enum Route: Sendable { case single, batch }
+    enum Route: Sendable, CaseIterable {
+        case single, batch
+
+        /// The route's path (the router's and the metrics' label alike).
+        var path: String {
+            switch self {
+            case .single: "/v1/realtime/publish"
+            case .batch: "/v1/realtime/publish/batch"
+            }
+        }
+    }
 
     let runtime: GatewayRuntime
 
     /// The routes by exact path (no query); the fast path serves `POST` to these.
     static func route(path: Substring) -> Route? {
-        switch path {
-        case "/v1/realtime/publish": .single
-        case "/v1/realtime/publish/batch": .batch
-        default: nil
-        }
+        Route.allCases.first { path == $0.path }
     }
 
     /// The largest body each route reads; a larger one is answered 41300.
