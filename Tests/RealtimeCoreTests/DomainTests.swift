@@ -53,6 +53,14 @@ import Testing
     }
 }
 
+@Suite struct RandomIDTests {
+    @Test func givesTheBytesAskedForAndTheyVary() {
+        for n in 0...20 { #expect(RandomID.bytes(n).count == n) }
+        #expect(RandomID.hex(bytes: 6).count == 12)
+        #expect(Set((0..<50).map { _ in RandomID.hex(bytes: 6) }).count == 50)
+    }
+}
+
 @Suite struct MessageIDTests {
     @Test func parsesAndOrdersLikeRedisStreamIDs() throws {
         let a = try #require(MessageID("1700000000000-0"))
