@@ -11,7 +11,8 @@ swift build -c release --product realtime-gateway >/dev/null
 swift build -c release --product realtime-bench >/dev/null
 BIN=$(swift build -c release --show-bin-path)
 BENCH="$BIN/realtime-bench"
-GATEWAY="$BIN/realtime-gateway"
+# BENCH_GATEWAY_BIN: another build of the gateway (an A/B of two commits: copy one build aside).
+GATEWAY=${BENCH_GATEWAY_BIN:-$BIN/realtime-gateway}
 KEY="bench-key-0123456789abcdef"
 SECRET="bench-token-secret-0123456789abcdef0123456789"
 RUN=$(mktemp -d /tmp/rt-bench.XXXXXX)

@@ -9,8 +9,7 @@ extension RedisEngine: ChannelStore {
         let reply = try await call(write: true) {
             try await redis.evaluate(
                 scripts.createChannel, keys: [keys.meta(c)],
-                arguments: [settings.type.rawValue, String(settings.historySize), String(settings.historyTTLSeconds), String(settings.createdAt), settings.durability.rawValue]
-                    .map { ByteBuffer(string: $0) })
+                arguments: [settings.type.rawValue, String(settings.historySize), String(settings.historyTTLSeconds), String(settings.createdAt), settings.durability.rawValue])
         }
         guard let parts = reply.array, parts.count == 6, let type = parts[1].string.flatMap({ ChannelType(rawValue: $0) }),
             let size = parts[2].int, let ttl = parts[3].int, let created = parts[4].int
@@ -63,7 +62,7 @@ extension RedisEngine: ChannelStore {
             try await redis.evaluate(
                 scripts.deleteChannel,
                 keys: [keys.presence(name), keys.presenceExpiry(name), keys.stream(name), keys.meta(name), keys.subscriberCounts(name)],
-                arguments: [ByteBuffer(string: keys.pubsub(name))])
+                arguments: [keys.pubsub(name)])
         }
         _ = try? await redis.send(["ZREM", keys.channels, name.rawValue])
         _ = try? await redis.send(["SREM", keys.presenceChannels, name.rawValue])
@@ -92,7 +91,7 @@ extension RedisEngine: ChannelStore {
             if let node = pairs[i].string, liveNodes.contains(node) { subscribers += Int(pairs[i + 1].int ?? 0) }
             i += 2
         }
-        let present = try await call { try await redis.evaluate(scripts.members, keys: [keys.presence(name), keys.presenceExpiry(name)], arguments: [ByteBuffer(string: presenceNow)]) }
+        let present = try await call { try await redis.evaluate(scripts.members, keys: [keys.presence(name), keys.presenceExpiry(name)], arguments: [presenceNow]) }
         let newest = try await call { try await redis.send(["XREVRANGE", keys.stream(name), "+", "-", "COUNT", "1"]) }
         let last = newest.array?.first?.array?.first?.string.flatMap { MessageID($0) }
         return ChannelStats(subscribers: subscribers, presenceMembers: present.array?.count ?? 0, lastMessageID: last)

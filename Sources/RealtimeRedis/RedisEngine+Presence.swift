@@ -15,7 +15,7 @@ extension RedisEngine: PresenceStore {
         let existed = try await call(write: true) {
             try await redis.evaluate(
                 scripts.enter, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
-                arguments: [member.connectionID, member.json, presenceTTLMilliseconds, keys.pubsub(channel), presenceNow].map { ByteBuffer(string: $0) })
+                arguments: [member.connectionID, member.json, presenceTTLMilliseconds, keys.pubsub(channel), presenceNow])
         }
         if existed.int == 0 {
             _ = try? await redis.send(["SADD", keys.presenceChannels, channel.rawValue])
@@ -29,7 +29,7 @@ extension RedisEngine: PresenceStore {
         let left = try await call(write: true) {
             try await redis.evaluate(
                 scripts.leave, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
-                arguments: [connectionID, keys.pubsub(channel)].map { ByteBuffer(string: $0) })
+                arguments: [connectionID, keys.pubsub(channel)])
         }
         return left.int == 1
     }
@@ -38,7 +38,7 @@ extension RedisEngine: PresenceStore {
         let reply = try await call {
             try await redis.evaluate(
                 scripts.members, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
-                arguments: [ByteBuffer(string: presenceNow)])
+                arguments: [presenceNow])
         }
         let members = (reply.array ?? []).compactMap { value -> PresenceMember? in
             guard case .bulkString(let json) = value else { return nil }
@@ -58,7 +58,7 @@ extension RedisEngine: PresenceStore {
                         for entry in entries { arguments += [entry.member.connectionID, entry.member.json] }
                         let reply = try await self.redis.evaluate(
                             self.scripts.refresh, keys: [self.keys.presence(channel), self.keys.presenceExpiry(channel)],
-                            arguments: arguments.map { ByteBuffer(string: $0) })
+                            arguments: arguments)
                         // Keep the channel findable by every node's sweeper.
                         _ = try await self.redis.send(["SADD", self.keys.presenceChannels, channel.rawValue])
                         let entered = Set((reply.array ?? []).compactMap(\.string))
@@ -93,7 +93,7 @@ extension RedisEngine: PresenceStore {
             let reply = try await call(write: true) {
                 try await redis.evaluate(
                     scripts.sweep, keys: [keys.presence(channel), keys.presenceExpiry(channel)],
-                    arguments: [now, keys.pubsub(channel)].map { ByteBuffer(string: $0) })
+                    arguments: [now, keys.pubsub(channel)])
             }
             removed += Int(reply.array?.first?.int ?? 0)
             if reply.array?.last?.int == 0 { _ = try? await redis.send(["SREM", keys.presenceChannels, name]) }

@@ -158,7 +158,7 @@ extension RedisEngine: Broker {
                     request.event, request.data, request.clientID ?? "", String(max(defaults.historySize, 0)),
                     String(max(defaults.historyTTLSeconds, 1) * 1000), window, keys.pubsub(c), String(clock.nowMilliseconds()),
                     RandomID.hex(bytes: 6),
-                ].map { ByteBuffer(string: $0) },
+                ],
                 then: { reply in
                     // `durability: replicated`: acknowledged once a replica has it too.
                     reply.array?.last?.int == 1 ? ["WAIT", "1", String(Self.replicationWaitMilliseconds)] : nil
@@ -193,7 +193,7 @@ extension RedisEngine: Broker {
         let reply = try await call {
             try await redis.evaluate(
                 scripts.replay, keys: [keys.stream(channel), keys.meta(channel)],
-                arguments: [position.description, String(limit + 1)].map { ByteBuffer(string: $0) })
+                arguments: [position.description, String(limit + 1)])
         }
         guard let parts = reply.array, parts.count == 5, let gone = parts[0].string.flatMap({ MessageID($0) }), let epoch = parts[2].string,
             let newest = parts[3].string.flatMap({ MessageID($0) }), let held = parts[4].int
@@ -214,7 +214,7 @@ extension RedisEngine: Broker {
     public func changeEpoch(_ channel: ChannelName, from: String) async throws -> String {
         let reply = try await call(write: true) {
             try await redis.evaluate(
-                scripts.changeEpoch, keys: [keys.meta(channel)], arguments: [from, RandomID.hex(bytes: 6), keys.pubsub(channel)].map { ByteBuffer(string: $0) })
+                scripts.changeEpoch, keys: [keys.meta(channel)], arguments: [from, RandomID.hex(bytes: 6), keys.pubsub(channel)])
         }
         guard let epoch = reply.string else { throw RealtimeError.internal("unexpected epoch reply") }
         logger.warning("channel epoch changed: its stream lost entries subscribers had seen", metadata: ["channel": "\(channel)", "epoch": "\(epoch)"])

@@ -1,40 +1,68 @@
 import CHiredis
 import NIOCore
 
-/// Command encoding with hiredis' `redisFormatCommandArgv`.
+/// Command encoding: a RESP array of bulk strings (`*<n>\r\n` then `$<len>\r\n<bytes>\r\n` per
+/// argument), written straight into the buffer that goes on the wire, with no copy of the
+/// arguments in between (the encoding is the one `redisFormatCommandArgv` produces; a test
+/// compares the two).
 public enum RESPEncoder {
     /// Appends the RESP encoding of a command (an array of bulk strings) to `buffer`.
     public static func encode(_ arguments: [ByteBuffer], into buffer: inout ByteBuffer) {
-        // One contiguous copy of all arguments; argv points into it.
-        var joined: [UInt8] = []
-        joined.reserveCapacity(arguments.reduce(1) { $0 + $1.readableBytes })
-        var offsets: [Int] = []
-        var lengths: [Int] = []
-        for arg in arguments {
-            offsets.append(joined.count)
-            lengths.append(arg.readableBytes)
-            joined.append(contentsOf: arg.readableBytesView)
-        }
-        joined.append(0)
-        var target: UnsafeMutablePointer<CChar>?
-        let written: Int32 = joined.withUnsafeBufferPointer { bytes in
-            let base = UnsafeRawPointer(bytes.baseAddress!).assumingMemoryBound(to: CChar.self)
-            var argv: [UnsafePointer<CChar>?] = offsets.map { base + $0 }
-            return argv.withUnsafeMutableBufferPointer { argvBuffer in
-                lengths.withUnsafeBufferPointer { argvlen in
-                    redisFormatCommandArgv(&target, Int32(arguments.count), argvBuffer.baseAddress, argvlen.baseAddress)
-                }
-            }
-        }
-        guard written > 0, let target else { return }
-        buffer.writeBytes(UnsafeRawBufferPointer(start: target, count: Int(written)))
-        redisFreeCommand(target)
+        buffer.reserveCapacity(minimumWritableBytes: arguments.reduce(16) { $0 + $1.readableBytes + 16 })
+        writeHeader(UInt8(ascii: "*"), arguments.count, into: &buffer)
+        for argument in arguments { append(argument, into: &buffer) }
+    }
+
+    /// Appends the encoding of a command whose arguments are text.
+    public static func encode(_ arguments: [String], into buffer: inout ByteBuffer) {
+        buffer.reserveCapacity(minimumWritableBytes: arguments.reduce(16) { $0 + $1.utf8.count + 16 })
+        writeHeader(UInt8(ascii: "*"), arguments.count, into: &buffer)
+        for argument in arguments { append(argument, into: &buffer) }
     }
 
     public static func encode(_ arguments: [String]) -> ByteBuffer {
         var buffer = ByteBuffer()
-        encode(arguments.map { ByteBuffer(string: $0) }, into: &buffer)
+        encode(arguments, into: &buffer)
         return buffer
+    }
+
+    /// Starts a command of `count` arguments; exactly `count` `append` calls must follow.
+    public static func beginCommand(count: Int, into buffer: inout ByteBuffer) {
+        writeHeader(UInt8(ascii: "*"), count, into: &buffer)
+    }
+
+    /// Appends one argument (a bulk string).
+    public static func append(_ argument: String, into buffer: inout ByteBuffer) {
+        writeHeader(UInt8(ascii: "$"), argument.utf8.count, into: &buffer)
+        buffer.writeString(argument)
+        buffer.writeInteger(crlf)
+    }
+
+    public static func append(_ argument: ByteBuffer, into buffer: inout ByteBuffer) {
+        writeHeader(UInt8(ascii: "$"), argument.readableBytes, into: &buffer)
+        buffer.writeImmutableBuffer(argument)
+        buffer.writeInteger(crlf)
+    }
+
+    /// `\r\n` as one big-endian integer write.
+    private static let crlf: UInt16 = 0x0D0A
+
+    /// `<marker><decimal count>\r\n`, the digits written in place (no `String` made).
+    private static func writeHeader(_ marker: UInt8, _ count: Int, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(marker)
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var value = UInt(max(count, 0))
+        withUnsafeMutableBytes(of: &digits) { raw in
+            var at = raw.count
+            repeat {
+                at -= 1
+                raw[at] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+            } while value > 0
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: raw[at...]))
+        }
+        buffer.writeInteger(crlf)
     }
 }
 

@@ -155,7 +155,7 @@ public final class RedisClusterClient: RedisCommandSending {
         return try await routed(slot: slot) { connection, asking in try await connection.send(buffers: buffers, asking: asking) }
     }
 
-    public func evaluate(_ script: RedisScript, keys: [String], arguments: [ByteBuffer]) async throws -> RESPValue {
+    public func evaluate(_ script: RedisScript, keys: [String], arguments: [String]) async throws -> RESPValue {
         let slot = try Self.slot(ofKeys: keys)
         return try await routed(slot: slot) { connection, asking in
             try await connection.evaluate(script, keys: keys, arguments: arguments, asking: asking)
@@ -163,7 +163,7 @@ public final class RedisClusterClient: RedisCommandSending {
     }
 
     public func evaluate(
-        _ script: RedisScript, keys: [String], arguments: [ByteBuffer], then follow: @Sendable (RESPValue) -> [String]?
+        _ script: RedisScript, keys: [String], arguments: [String], then follow: @Sendable (RESPValue) -> [String]?
     ) async throws -> (RESPValue, RESPValue?) {
         let slot = try Self.slot(ofKeys: keys)
         return try await routed(slot: slot) { connection, asking in

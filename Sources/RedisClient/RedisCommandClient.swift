@@ -11,11 +11,11 @@ public protocol RedisCommandSending: Sendable {
     @discardableResult
     func send(buffers: [ByteBuffer]) async throws -> RESPValue
     /// Runs a Lua script by SHA, loading it on `NOSCRIPT`. All `keys` must share one slot.
-    func evaluate(_ script: RedisScript, keys: [String], arguments: [ByteBuffer]) async throws -> RESPValue
+    func evaluate(_ script: RedisScript, keys: [String], arguments: [String]) async throws -> RESPValue
     /// Runs a script, then, on the same connection, the command `follow` names for its reply
     /// (nil: none), such as `WAIT`, which concerns the writes of its own connection only.
     func evaluate(
-        _ script: RedisScript, keys: [String], arguments: [ByteBuffer], then follow: @Sendable (RESPValue) -> [String]?
+        _ script: RedisScript, keys: [String], arguments: [String], then follow: @Sendable (RESPValue) -> [String]?
     ) async throws -> (RESPValue, RESPValue?)
     func close()
 }
@@ -98,12 +98,12 @@ public final class RedisCommandClient: RedisCommandSending {
     }
 
     /// Runs a Lua script by SHA, loading it on `NOSCRIPT` (after a Redis restart, say).
-    public func evaluate(_ script: RedisScript, keys: [String], arguments: [ByteBuffer]) async throws -> RESPValue {
+    public func evaluate(_ script: RedisScript, keys: [String], arguments: [String]) async throws -> RESPValue {
         try await demotionChecked { try await connection().evaluate(script, keys: keys, arguments: arguments) }
     }
 
     public func evaluate(
-        _ script: RedisScript, keys: [String], arguments: [ByteBuffer], then follow: @Sendable (RESPValue) -> [String]?
+        _ script: RedisScript, keys: [String], arguments: [String], then follow: @Sendable (RESPValue) -> [String]?
     ) async throws -> (RESPValue, RESPValue?) {
         try await demotionChecked {
             let connection = try await connection()

@@ -199,29 +199,43 @@ public final class RedisConnection: Sendable {
     }
 
     /// Runs a script by SHA, loading it on `NOSCRIPT`. `asking` sends `ASKING` ahead of each
-    /// attempt (a cluster slot being imported by this node).
-    public func evaluate(_ script: RedisScript, keys: [String], arguments: [ByteBuffer], asking: Bool = false) async throws -> RESPValue {
-        let tail = [ByteBuffer(string: String(keys.count))] + keys.map { ByteBuffer(string: $0) } + arguments
-        let command = [ByteBuffer(string: "EVALSHA"), ByteBuffer(string: script.sha1)] + tail
+    /// attempt (a cluster slot being imported by this node). The command is encoded once, into
+    /// one buffer, and sent again as it is after a `NOSCRIPT`.
+    public func evaluate(_ script: RedisScript, keys: [String], arguments: [String], asking: Bool = false) async throws -> RESPValue {
+        let size = keys.reduce(0) { $0 + $1.utf8.count + 16 } + arguments.reduce(0) { $0 + $1.utf8.count + 16 }
+        var command = channel.allocator.buffer(capacity: 96 + size)
+        RESPEncoder.beginCommand(count: 3 + keys.count + arguments.count, into: &command)
+        RESPEncoder.append("EVALSHA", into: &command)
+        RESPEncoder.append(script.sha1, into: &command)
+        RESPEncoder.append(String(keys.count), into: &command)
+        for key in keys { RESPEncoder.append(key, into: &command) }
+        for argument in arguments { RESPEncoder.append(argument, into: &command) }
         do {
-            return try await send(buffers: command, asking: asking)
+            return try await send(encoded: command, asking: asking)
         } catch RedisError.server(let message) where message.hasPrefix("NOSCRIPT") {
             try await send(["SCRIPT", "LOAD", script.source])
-            return try await send(buffers: command, asking: asking)
+            return try await send(encoded: command, asking: asking)
         }
     }
 
     /// Sends `ASKING` (when asked) and the command back to back, so nothing comes between them
     /// on this connection.
     public func send(buffers arguments: [ByteBuffer], asking: Bool) async throws -> RESPValue {
-        guard asking else { return try await send(buffers: arguments) }
-        var bytes = channel.allocator.buffer(capacity: 64)
-        RESPEncoder.encode([ByteBuffer(string: "ASKING")], into: &bytes)
         var command = channel.allocator.buffer(capacity: 64)
         RESPEncoder.encode(arguments, into: &command)
-        let replies = enqueue([bytes, command])
-        _ = try? await replies[0].get()
-        let value = try await replies[1].get()
+        return try await send(encoded: command, asking: asking)
+    }
+
+    /// Sends an encoded command, after `ASKING` when asked; an error reply throws.
+    private func send(encoded command: ByteBuffer, asking: Bool) async throws -> RESPValue {
+        let value: RESPValue
+        if asking {
+            let replies = enqueue([RESPEncoder.encode(["ASKING"]), command])
+            _ = try? await replies[0].get()
+            value = try await replies[1].get()
+        } else {
+            value = try await enqueue(command).get()
+        }
         if case .error(let message) = value { throw RedisError.server(message) }
         return value
     }
@@ -232,13 +246,26 @@ public final class RedisConnection: Sendable {
         var bytes = channel.allocator.buffer(capacity: 64)
         RESPEncoder.encode(arguments, into: &bytes)
         let unsubscribe = arguments.first.map { $0.readableBytes == 12 && String(buffer: $0).uppercased() == "SUNSUBSCRIBE" } ?? false
-        return enqueue([bytes], shardUnsubscribe: unsubscribe)[0]
+        return enqueue(bytes, shardUnsubscribe: unsubscribe)
+    }
+
+    /// Queues one encoded command (the common case, without the arrays of `enqueue(_:)`).
+    private func enqueue(_ command: ByteBuffer, shardUnsubscribe: Bool = false) -> EventLoopFuture<RESPValue> {
+        let loop = channel.eventLoop
+        let request = RedisRequest(bytes: command, promise: loop.makePromise(of: RESPValue.self), shardUnsubscribe: shardUnsubscribe)
+        if loop.inEventLoop {
+            handler.value.send(request)
+        } else {
+            let handler = self.handler
+            loop.execute { handler.value.send(request) }
+        }
+        return request.promise.futureResult
     }
 
     /// Queues encoded commands together: nothing another task sends comes between them.
-    private func enqueue(_ commands: [ByteBuffer], shardUnsubscribe: Bool = false) -> [EventLoopFuture<RESPValue>] {
+    private func enqueue(_ commands: [ByteBuffer]) -> [EventLoopFuture<RESPValue>] {
         let loop = channel.eventLoop
-        let requests = commands.map { RedisRequest(bytes: $0, promise: loop.makePromise(of: RESPValue.self), shardUnsubscribe: shardUnsubscribe) }
+        let requests = commands.map { RedisRequest(bytes: $0, promise: loop.makePromise(of: RESPValue.self)) }
         if loop.inEventLoop {
             for request in requests { handler.value.send(request) }
         } else {

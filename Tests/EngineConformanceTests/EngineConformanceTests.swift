@@ -124,6 +124,42 @@ import Testing
         }
     }
 
+    /// `history_size: 0` keeps nothing: a resume from any earlier message is a gap, from the
+    /// newest one it is whole.
+    @Test(arguments: EngineKind.allCases)
+    func aChannelWithoutHistoryResumesOnlyFromItsNewestMessage(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let s = try await t.engine.channels.create(settings("no-history", historySize: 0)).settings
+            var ids: [MessageID] = []
+            for i in 0..<3 { ids.append(try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "\(i)")).id) }
+            #expect(try await t.engine.broker.history(s.name, HistoryQuery(limit: 10, direction: .forwards)).messages.isEmpty)
+            let lost = try await t.engine.broker.replay(s.name, after: ids[1], limit: 10)
+            #expect(!lost.complete && lost.messages.isEmpty && lost.newest == ids[2])
+            let whole = try await t.engine.broker.replay(s.name, after: ids[2], limit: 10)
+            #expect(whole.complete && whole.messages.isEmpty)
+        }
+    }
+
+    /// A stream Redis dropped (its TTL ran out, or it was evicted) while the channel's record
+    /// lives on: the next publish records that everything before it is gone, so a resume from
+    /// an earlier message reports the gap, and one from the last message before the loss
+    /// is whole (only the new message follows it).
+    @Test(arguments: [EngineKind.redis, .redisCluster])
+    func aLostStreamIsAGapForEveryEarlierPosition(_ kind: EngineKind) async throws {
+        try await withEngine(kind) { t in
+            let engine = try #require(t.engine.broker as? RedisEngine)
+            let s = settings("lost-stream")
+            let first = try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "0")).id
+            let last = try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "1")).id
+            _ = try await engine.redis.send(["DEL", engine.keys.stream(s.name)])
+            let next = try await t.engine.broker.publish(PublishRequest(channel: s.name, event: "e", data: "2")).id
+            let lost = try await t.engine.broker.replay(s.name, after: first, limit: 10)
+            #expect(!lost.complete && lost.messages.map(\.id) == [next])
+            let whole = try await t.engine.broker.replay(s.name, after: last, limit: 10)
+            #expect(whole.complete && whole.messages.map(\.id) == [next])
+        }
+    }
+
     @Test(arguments: EngineKind.allCases)
     func historyBoundsPageThroughEverythingExactlyOnce(_ kind: EngineKind) async throws {
         try await withEngine(kind) { t in

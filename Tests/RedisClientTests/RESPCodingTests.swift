@@ -1,4 +1,5 @@
 import NIOCore
+import RealtimeTestSupport
 import RedisClient
 import Testing
 
@@ -12,6 +13,39 @@ import Testing
         var out = ByteBuffer()
         RESPEncoder.encode([ByteBuffer(string: "ECHO"), ByteBuffer(bytes: [0, 13, 10, 255]), ByteBuffer()], into: &out)
         #expect(Array(out.readableBytesView) == Array("*3\r\n$4\r\nECHO\r\n$4\r\n".utf8) + [0, 13, 10, 255] + Array("\r\n$0\r\n\r\n".utf8))
+    }
+
+    /// What the encoder writes, hiredis' reader (the code that parses every reply) reads back
+    /// as the same arguments, for commands of every shape: binary and text arguments, empty
+    /// ones, lengths across digit boundaries, several commands back to back in one buffer.
+    @Test func hiredisReadsBackWhatItWrites() throws {
+        var random = SeededGenerator(seed: 15)
+        let reader = RESPReader()
+        for _ in 0..<200 {
+            let count = Int.random(in: 1...14, using: &random)
+            let arguments = (0..<count).map { _ -> [UInt8] in
+                let length = [0, 1, 9, 10, 99, 100, 1000, Int.random(in: 0...2000, using: &random)].randomElement(using: &random)!
+                return (0..<length).map { _ in UInt8.random(in: 0...255, using: &random) }
+            }
+            let text = arguments.map { String(decoding: $0.map { 32 + $0 % 90 }, as: UTF8.self) + "é" }
+            var wire = ByteBuffer()
+            RESPEncoder.encode(arguments.map { ByteBuffer(bytes: $0) }, into: &wire)
+            RESPEncoder.encode(text, into: &wire)
+            try reader.feed(wire)
+            #expect(try reader.next() == .array(arguments.map { .bulkString(ByteBuffer(bytes: $0)) }))
+            #expect(try reader.next() == .array(text.map { .bulkString(ByteBuffer(string: $0)) }))
+            #expect(try reader.next() == nil)
+        }
+    }
+
+    /// A command of text arguments built one argument at a time, as scripts are sent.
+    @Test func buildsACommandArgumentByArgument() {
+        var out = ByteBuffer()
+        RESPEncoder.beginCommand(count: 3, into: &out)
+        RESPEncoder.append("EVALSHA", into: &out)
+        RESPEncoder.append("é", into: &out)
+        RESPEncoder.append(ByteBuffer(string: "12345678901"), into: &out)
+        #expect(String(buffer: out) == "*3\r\n$7\r\nEVALSHA\r\n$2\r\né\r\n$11\r\n12345678901\r\n")
     }
 }
 

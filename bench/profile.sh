@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Profiles the REST publish path of one node under wrk (one thread, 16 connections, as the
+# publish-wrk scenario), with perf call graphs, and prints where the node's CPU goes.
+#
+#   bash bench/profile.sh [memory|redis]        (default: redis)
+#
+# redis: one node on one redis-server (no subscribers, so the node only publishes). Prints
+# the node's CPU per publish (from /proc), Redis' µs per call of each command (INFO
+# commandstats), and perf's top symbols (self and with children); the raw perf.data is kept
+# under bench/results/profile-<engine>.perf.data (not committed).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ENGINE=${1:-redis}
+PORT=18085 REDIS_PORT=16385 SECONDS_UNDER_LOAD=${PROFILE_SECONDS:-10}
+
+if [[ $ENGINE == redis ]]; then
+    start_redis $REDIS_PORT
+    start_gateway $PORT "redis://127.0.0.1:$REDIS_PORT" ${BENCH_GATEWAY_ENV:-}
+else
+    start_gateway $PORT "" ${BENCH_GATEWAY_ENV:-}
+fi
+NODE=$LAST_PID
+ticks() { awk '{print $14 + $15}' "/proc/$NODE/stat"; }
+[[ $ENGINE == redis ]] && redis-cli -p $REDIS_PORT config resetstat >/dev/null
+
+DATA="$ROOT/bench/results/profile-$ENGINE.perf.data"
+before=$(ticks)
+BENCH_KEY=$KEY wrk -t1 -c16 -d${SECONDS_UNDER_LOAD}s -s bench/wrk-publish.lua "http://127.0.0.1:$PORT/v1/realtime/publish" > "$RUN/wrk.out" &
+WRK=$!
+sleep 2
+perf record -F 999 -g -p "$NODE" -o "$DATA" -- sleep $((SECONDS_UNDER_LOAD - 4)) 2>/dev/null >/dev/null
+wait $WRK
+after=$(ticks)
+line=$(grep '^{' "$RUN/wrk.out")
+rate=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["publish_per_second"])' "$line")
+hz=$(getconf CLK_TCK)
+python3 - "$before" "$after" "$hz" "$rate" "$SECONDS_UNDER_LOAD" <<'EOF'
+import sys
+before, after, hz, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+cpu = (after - before) / hz
+print(f"publishes/s {rate:,.0f}; node CPU {cpu / seconds:.2f} cores; {cpu / (rate * seconds) * 1e6:.1f} µs of node CPU per publish")
+EOF
+if [[ $ENGINE == redis ]]; then
+    echo "Redis, µs per call:"
+    redis-cli -p $REDIS_PORT info commandstats | grep -E 'calls=' | sed -E 's/^cmdstat_([a-z|]+):calls=([0-9]+),usec=[0-9]+,usec_per_call=([0-9.]+).*/  \1 \2 calls, \3/'
+fi
+echo "top symbols (self):"
+perf report -i "$DATA" --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40
+echo "top symbols (with children):"
+perf report -i "$DATA" --children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40
