@@ -1,5 +1,7 @@
 import Foundation
 import NIOCore
+import NIOEmbedded
+import NIOPosix
 import Synchronization
 import Testing
 @testable import RealtimeCore
@@ -375,5 +377,85 @@ func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: ()
             #expect(events.contains { $0.contains("\"action\":\"leave\"") && $0.contains("\"connection_id\":\"leaves\"") })
             #expect(events.contains { $0.contains("\"action\":\"enter\"") && $0.contains("\"connection_id\":\"arrives\"") })
         }
+    }
+}
+
+/// A sink on an event loop: records message ids and whether every write and flush ran on its
+/// own loop, as the hub promises.
+final class LoopSink: SubscriberSink {
+    let loop: any EventLoop
+    let received = Mutex<[String]>([])
+    let offLoop = Atomic<Int>(0)
+    init(loop: any EventLoop) { self.loop = loop }
+    var eventLoop: (any EventLoop)? { loop }
+    func write(_ frame: WireFrame) -> Bool {
+        if !loop.inEventLoop { offLoop.add(1, ordering: .relaxed) }
+        let text = String(buffer: frame.text)
+        if let r = text.range(of: "\"id\":\"") { received.withLock { $0.append(String(text[r.upperBound...].prefix { $0 != "\"" })) } }
+        return true
+    }
+    func flush() { if !loop.inEventLoop { offLoop.add(1, ordering: .relaxed) } }
+    func slowConsumer() {}
+    func channelEnded(_ channel: ChannelName) {}
+    var ids: [String] { received.withLock { $0 } }
+}
+
+@Suite struct LiveSubscribersTests {
+    /// Subscribers are kept grouped by loop as they join; leaving removes exactly one, and a
+    /// loop whose last subscriber left has no group left.
+    @Test func groupsByLoopAndRemovesExactlyOne() {
+        let loops = [EmbeddedEventLoop(), EmbeddedEventLoop()]
+        var live = LiveSubscribers()
+        var sinks: [UInt64: LoopSink] = [:]
+        for id in UInt64(0)..<10 {
+            let sink = LoopSink(loop: loops[Int(id) % 2])
+            sinks[id] = sink
+            live.insert(id: id, sink: sink, loop: sink.loop, batch: nil, floor: nil)
+        }
+        #expect(live.count == 10 && live.groups.count == 2)
+        #expect(live.groups.allSatisfy { g in g.sinks.allSatisfy { ($0 as! LoopSink).loop === g.loop } && g.ids.count == g.sinks.count })
+        let removed = live.remove(id: 3)
+        let again = live.remove(id: 3)
+        #expect(removed && !again && live.count == 9)
+        #expect(!live.sinks.contains { $0 === sinks[3]! })
+        #expect([1, 5, 7, 9].allSatisfy { live.remove(id: $0) })
+        #expect(live.groups.count == 1 && live.count == 5 && live.single == nil)
+        #expect([0, 2, 4, 6].allSatisfy { live.remove(id: $0) })
+        #expect(live.single === sinks[8]!)
+    }
+
+    /// Sinks that resumed ahead of the channel (a floor) are left out of messages they have.
+    @Test func behindLeavesOutTheSinksThatHaveTheMessage() {
+        let loop = EmbeddedEventLoop()
+        var live = LiveSubscribers()
+        live.insert(id: 1, sink: LoopSink(loop: loop), loop: loop, batch: nil, floor: nil)
+        live.insert(id: 2, sink: LoopSink(loop: loop), loop: loop, batch: nil, floor: MessageID(milliseconds: 10, sequence: 0))
+        #expect(live.behind(MessageID(milliseconds: 10, sequence: 0)).flatMap(\.ids) == [1])
+        #expect(live.behind(MessageID(milliseconds: 11, sequence: 0)).flatMap(\.ids) == [1, 2])
+        _ = live.remove(id: 1)
+        #expect(live.behind(MessageID(milliseconds: 9, sequence: 0)).isEmpty)
+    }
+}
+
+extension ChannelHubTests {
+    /// Subscribers on several event loops, some leaving while messages flow: everyone still
+    /// subscribed gets every message once, in order, written and flushed on its own loop;
+    /// those who left get a prefix.
+    @Test func subscribersOnManyLoopsGetEveryMessageInOrderOnTheirLoop() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 3)
+        let loops = Array(group.makeIterator())
+        try await withHub { hub, broker in
+            let sinks = (0..<30).map { LoopSink(loop: loops[$0 % loops.count]) }
+            var subscriptions: [HubSubscription] = []
+            for sink in sinks { subscriptions.append(try #require(try await hub.subscribe(ch, sink: sink, since: nil) { _ in })) }
+            var ids = try await publish(broker, 0..<50).map(\.description)
+            for s in subscriptions.prefix(10) { await hub.unsubscribe(s) }
+            ids += try await publish(broker, 50..<100).map(\.description)
+            try await waitUntil("every message") { sinks.dropFirst(10).allSatisfy { $0.ids.count == ids.count } }
+            #expect(sinks.dropFirst(10).allSatisfy { $0.ids == ids })
+            #expect(sinks.prefix(10).allSatisfy { ids.starts(with: $0.ids) })
+            #expect(sinks.allSatisfy { $0.offLoop.load(ordering: .relaxed) == 0 })
+        }
+        try await group.shutdownGracefully()
     }
 }

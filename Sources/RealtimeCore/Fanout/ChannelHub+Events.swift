@@ -133,13 +133,14 @@ extension ChannelHub {
         guard !ch.live.isEmpty else { return }
         if case .message(let m) = event, let floor = ch.maxFloor {
             guard m.id <= floor else {
+                // Past every floor: no sink has this message yet, nor any after it.
                 ch.maxFloor = nil
+                ch.live.floors = [:]
                 fanOut(frame, to: ch.live)
                 return
             }
             // Some sinks already have this message (they resumed ahead of this node).
-            let behind = ch.live.filter { $0.floor.map { m.id > $0 } ?? true }
-            if !behind.isEmpty { fanOut(frame, to: behind) }
+            for group in ch.live.behind(m.id) { fanOut(frame, to: group) }
             return
         }
         fanOut(frame, to: ch.live)
@@ -149,8 +150,8 @@ extension ChannelHub {
         var sinks: [any SubscriberSink] = []
         let detach = shard(channel).withLock { s -> Bool in
             guard var ch = s.channels.removeValue(forKey: channel) else { return false }
-            sinks = ch.live.map(\.sink) + ch.pending.values.map(\.sink)
-            ch.live = []
+            sinks = ch.live.sinks + ch.pending.values.map(\.sink)
+            ch.live.removeAll()
             ch.pending = [:]
             ch.held = []
             let waiters = ch.waiters.values
@@ -184,34 +185,31 @@ extension ChannelHub {
         }
     }
 
-    /// Writes one frame to many sinks: one task per event loop writes it to each of that loop's
-    /// sinks, so a message costs a hop per loop rather than per subscriber. Flushes are
-    /// coalesced by the loop's ``FlushBatch``: when messages arrive faster than the loop writes
-    /// them, each socket gets one system call for several frames instead of one per frame.
-    func fanOut(_ frame: WireFrame, to live: [LiveEntry]) {
-        if live.count == 1 {
-            Self.deliver([frame], to: live[0].sink)
+    /// Writes one frame to every live sink: one task per event loop (the sinks are kept
+    /// grouped by loop as they join) writes it to each of that loop's sinks, so a message costs
+    /// a hop per loop rather than per subscriber, and no pass over the subscribers under the
+    /// shard lock. Flushes are coalesced by the loop's ``FlushBatch``: when messages arrive
+    /// faster than the loop writes them, each socket gets one system call for several frames
+    /// instead of one per frame.
+    func fanOut(_ frame: WireFrame, to live: LiveSubscribers) {
+        if let only = live.single {
+            Self.deliver([frame], to: only)
             return
         }
-        var groups: [(loop: (any EventLoop)?, batch: FlushBatch?, sinks: [any SubscriberSink])] = []
-        for entry in live {
-            if let i = groups.firstIndex(where: { $0.loop === entry.loop }) {
-                groups[i].sinks.append(entry.sink)
-            } else {
-                groups.append((entry.loop, entry.batch, [entry.sink]))
-            }
+        for group in live.groups { fanOut(frame, to: group) }
+    }
+
+    /// Writes one frame to the sinks of one loop, in a task on that loop.
+    func fanOut(_ frame: WireFrame, to group: LiveSubscribers.Group) {
+        let sinks = group.sinks
+        guard let loop = group.loop, let batch = group.batch else {
+            for s in sinks { _ = s.write(frame) }
+            for s in sinks { s.flush() }
+            return
         }
-        for group in groups {
-            let sinks = group.sinks
-            guard let loop = group.loop, let batch = group.batch else {
-                for s in sinks { _ = s.write(frame) }
-                for s in sinks { s.flush() }
-                continue
-            }
-            loop.execute {
-                for s in sinks where s.write(frame) { batch.dirty.append(s) }
-                batch.schedule(on: loop)
-            }
+        loop.execute {
+            for s in sinks where s.write(frame) { batch.dirty.append(s) }
+            batch.schedule(on: loop)
         }
     }
 

@@ -68,7 +68,7 @@ extension ChannelHub {
                 ch.lastDelivered = min(from, page.newest)
                 ch.lossHandledAt = ch.lastDelivered
                 ch.maxFloor = nil
-                for i in ch.live.indices { ch.live[i].floor = nil }
+                ch.live.floors = [:]
             }
         }
         return true

@@ -82,12 +82,12 @@ extension ChannelHub {
             }
             // Queued on the sink's loop under the lock, so ahead of any live frame.
             Self.deliver(frames, to: sink)
-            var entry = LiveEntry(id: id, sink: sink, loop: sink.eventLoop, batch: sink.eventLoop.map(flushBatch(for:)))
+            var floor: MessageID?
             if let last, last > s.channels[channel]!.lastDelivered {
-                entry.floor = last
+                floor = last
                 s.channels[channel]!.maxFloor = max(s.channels[channel]!.maxFloor ?? last, last)
             }
-            s.channels[channel]!.live.append(entry)
+            s.channels[channel]!.live.insert(id: id, sink: sink, loop: sink.eventLoop, batch: sink.eventLoop.map(flushBatch(for:)), floor: floor)
             return false
         }
         if overflowed { sink.slowConsumer() }
@@ -125,10 +125,7 @@ extension ChannelHub {
         let (removed, detach) = shard(channel).withLock { s -> (Bool, Bool) in
             guard var ch = s.channels.removeValue(forKey: channel) else { return (false, false) }
             var removed = ch.pending.removeValue(forKey: id) != nil
-            if !removed, let index = ch.live.firstIndex(where: { $0.id == id }) {
-                ch.live.remove(at: index)
-                removed = true
-            }
+            if !removed { removed = ch.live.remove(id: id) }
             var detach = false
             if ch.count == 0, ch.link == .attached || ch.link == .recovering {
                 ch.link = .detaching

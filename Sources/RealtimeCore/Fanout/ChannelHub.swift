@@ -83,18 +83,6 @@ public final class ChannelHub: Sendable {
         case detaching
     }
 
-    struct LiveEntry {
-        var id: UInt64
-        var sink: any SubscriberSink
-        /// The sink's loop and that loop's flush batch, looked up once at subscribe time so
-        /// fan-out takes no lock for them.
-        var loop: (any EventLoop)?
-        var batch: FlushBatch?
-        /// The last id the sink got before going live: it may resume (from another node) ahead
-        /// of this node's live stream, which must then not repeat what it already has.
-        var floor: MessageID?
-    }
-
     enum Buffered {
         case message(MessageID, WireFrame)
         case frame(WireFrame)
@@ -108,7 +96,7 @@ public final class ChannelHub: Sendable {
 
     struct Channel {
         var link = Link.attaching
-        var live: [LiveEntry] = []
+        var live = LiveSubscribers()
         var pending: [UInt64: Pending] = [:]
         /// Subscribers waiting for the link to be attached, by subscription id.
         var waiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
