@@ -116,7 +116,7 @@ public struct RedisDeployment: Sendable {
         switch topology {
         case .single(let configuration):
             commands = RedisCommandClient(configuration: configuration, group: group)
-            pubsub = RedisSubscriber(configuration: configuration, group: group, logger: logger)
+            pubsub = RedisSpreadSubscriber(configuration: configuration, group: group, logger: logger)
             sharded = false
             cluster = nil
             sentinel = nil
@@ -130,7 +130,7 @@ public struct RedisDeployment: Sendable {
         case .sentinel(let sentinels, let masterName, let template, let password):
             let watcher = RedisSentinel(sentinels: sentinels, masterName: masterName, template: template, sentinelPassword: password, group: group, logger: logger)
             commands = RedisCommandClient(configuration: template, group: group, requirePrimary: true, resolve: { try await watcher.primary() })
-            pubsub = RedisSubscriber(configuration: template, group: group, logger: logger, resolve: { try await watcher.primary() })
+            pubsub = RedisSpreadSubscriber(configuration: template, group: group, logger: logger, resolve: { try await watcher.primary() })
             sharded = false
             cluster = nil
             sentinel = watcher
@@ -142,7 +142,7 @@ public struct RedisDeployment: Sendable {
     public func run() async {
         guard let sentinel else { return }
         let commands = self.commands as? RedisCommandClient
-        let pubsub = self.pubsub as? RedisSubscriber
+        let pubsub = self.pubsub as? RedisSpreadSubscriber
         await sentinel.watch { _ in
             commands?.resetConnections()
             pubsub?.reconnect()

@@ -145,29 +145,35 @@ public final class RedisShardedSubscriber: RedisPubSub {
         }
     }
 
+    // The notifications are made under the lock, so that they reach the hub in the order the
+    // links changed: a `restored` computed before another link's `interrupted` but delivered
+    // after it would let the hub go live over a link that is down.
+
     private func linkDown(_ node: ClusterNodeAddress) {
-        let notify = state.withLock { s -> (@Sendable () -> Void)? in
+        state.withLock { s in
             s.down.insert(node)
-            guard !s.interrupted else { return nil }
-            s.interrupted = true
-            return s.handlers?.interrupted
+            Self.interrupt(&s)
         }
         cluster.refreshSoon()
-        notify?()
     }
 
     private func linkUp(_ node: ClusterNodeAddress) {
-        let notify = state.withLock { s -> (@Sendable () -> Void)? in
+        state.withLock { s in
             s.down.remove(node)
-            return Self.restoredIfWhole(&s)
+            Self.restoreIfWhole(&s)
         }
-        notify?()
     }
 
-    private static func restoredIfWhole(_ s: inout State) -> (@Sendable () -> Void)? {
-        guard s.interrupted, s.down.isEmpty, s.homeless.isEmpty else { return nil }
+    private static func interrupt(_ s: inout State) {
+        guard !s.interrupted else { return }
+        s.interrupted = true
+        s.handlers?.interrupted()
+    }
+
+    private static func restoreIfWhole(_ s: inout State) {
+        guard s.interrupted, s.down.isEmpty, s.homeless.isEmpty else { return }
         s.interrupted = false
-        return s.handlers?.restored
+        s.handlers?.restored()
     }
 
     /// Moves channels whose slot has another primary now; stops shards that serve nothing.
@@ -195,12 +201,7 @@ public final class RedisShardedSubscriber: RedisPubSub {
         if !moves.isEmpty {
             // Messages published on the new primary before the move reached nobody here: the
             // node reads them from history once the channels are subscribed there.
-            let notify = state.withLock { s -> (@Sendable () -> Void)? in
-                guard !s.interrupted else { return nil }
-                s.interrupted = true
-                return s.handlers?.interrupted
-            }
-            notify?()
+            state.withLock { Self.interrupt(&$0) }
         }
         for move in moves {
             if moves.count < 20 { logger.info("redis cluster: channel follows its slot", metadata: ["channel": "\(move.channel)", "to": "\(move.to)"]) }
@@ -226,7 +227,7 @@ public final class RedisShardedSubscriber: RedisPubSub {
         // Shards with no channels that are down or no longer primaries are stopped (a channel
         // there later makes a new one).
         let primaries = Set(map.primaries)
-        let (retired, notify) = state.withLock { s -> ([Task<Void, Never>], (@Sendable () -> Void)?) in
+        let retired = state.withLock { s -> [Task<Void, Never>] in
             let used = Set(s.owner.values)
             var retired: [Task<Void, Never>] = []
             for (node, shard) in s.shards where !used.contains(node) && (!primaries.contains(node) || s.down.contains(node)) {
@@ -234,9 +235,9 @@ public final class RedisShardedSubscriber: RedisPubSub {
                 s.shards[node] = nil
                 s.down.remove(node)
             }
-            return (retired, Self.restoredIfWhole(&s))
+            Self.restoreIfWhole(&s)
+            return retired
         }
         for task in retired { task.cancel() }
-        notify?()
     }
 }

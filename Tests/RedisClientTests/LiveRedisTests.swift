@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 import RealtimeTestSupport
 import RedisClient
 import Synchronization
@@ -126,6 +127,72 @@ import RealtimeTestSupport
         }
         client.close()
         server.stop()
+    }
+}
+
+extension LiveRedisTests {
+    /// One pub/sub connection per loop: channels spread over all of them (so their messages
+    /// are read on several loops), each channel always on the same loop and in publish order;
+    /// killing one link reports one interruption, and one restoration once it is back, after
+    /// which every channel receives again.
+    @Test func spreadSubscriberSpreadsChannelsOverLoopsAndRestoresAfterALostLink() async throws {
+        let server = try RedisServerProcess()
+        try await server.start()
+        let config = try RedisConfiguration(url: server.url)
+        let client = RedisCommandClient(configuration: config)
+        let loops = MultiThreadedEventLoopGroup(numberOfThreads: 3)
+        let subscriber = RedisSpreadSubscriber(configuration: config, group: loops, logger: Logger(label: "test"))
+        let received = Locked<[String: [String]]>([:])
+        let readOn = Locked<[String: Set<ObjectIdentifier>]>([:])
+        let link = Locked<[String]>([])
+        let channels = (0..<24).map { "spread-\($0)" }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await subscriber.run(
+                    onMessage: { channel, payload in
+                        let loop = MultiThreadedEventLoopGroup.currentEventLoop.map { ObjectIdentifier($0) }
+                        received.withLock { $0[channel, default: []].append(String(buffer: payload)) }
+                        readOn.withLock { $0[channel, default: []].formUnion(loop.map { [$0] } ?? []) }
+                    },
+                    onInterrupted: { link.withLock { $0.append("interrupted") } },
+                    onRestored: { link.withLock { $0.append("restored") } })
+            }
+            for channel in channels { try await subscriber.subscribe(channel) }
+            #expect(try await client.send(["PUBSUB", "NUMSUB"] + channels).array?.enumerated().allSatisfy { $0.offset % 2 == 0 || $0.element.int == 1 } == true)
+            for i in 0..<20 { for channel in channels { try await client.send(["PUBLISH", channel, "\(i)"]) } }
+            try await eventually { received.withLock { $0 }.values.reduce(0) { $0 + $1.count } == 20 * channels.count }
+            #expect(received.withLock { $0 } == Dictionary(uniqueKeysWithValues: channels.map { ($0, (0..<20).map { "\($0)" }) }))
+            let perChannel = readOn.withLock { $0 }
+            #expect(perChannel.values.allSatisfy { $0.count == 1 })
+            #expect(Set(perChannel.values.flatMap { $0 }).count == 3)
+
+            // One link's connection dies: one interruption, then one restoration.
+            let clients = try await client.send(["CLIENT", "LIST", "TYPE", "pubsub"]).string ?? ""
+            let victim = try #require(clients.split(separator: "\n").first?.split(separator: " ").first { $0.hasPrefix("id=") }?.dropFirst(3))
+            try await client.send(["CLIENT", "KILL", "ID", String(victim)])
+            try await eventually(timeout: .seconds(10)) { link.withLock { $0 } == ["interrupted", "restored"] }
+            received.withLock { $0 = [:] }
+            for channel in channels { try await client.send(["PUBLISH", channel, "after"]) }
+            try await eventually { received.withLock { $0 }.count == channels.count }
+            #expect(received.withLock { $0 }.values.allSatisfy { $0 == ["after"] })
+
+            // Every link is killed at once (each notices in its own time): interruptions and
+            // restorations alternate, never two of a kind in a row, and once the last
+            // restoration is in every channel receives again.
+            try await client.send(["CLIENT", "KILL", "TYPE", "pubsub"])
+            received.withLock { $0 = [:] }
+            try await eventually(timeout: .seconds(15)) {
+                guard link.withLock({ $0 }).count > 2, link.withLock({ $0 }).last == "restored" else { return false }
+                for channel in channels where received.withLock({ $0[channel] == nil }) { try await client.send(["PUBLISH", channel, "again"]) }
+                return received.withLock { $0 }.count == channels.count
+            }
+            let events = link.withLock { $0 }
+            #expect(events.enumerated().allSatisfy { $0.element == ($0.offset % 2 == 0 ? "interrupted" : "restored") })
+            group.cancelAll()
+        }
+        client.close()
+        server.stop()
+        try await loops.shutdownGracefully()
     }
 }
 
