@@ -127,11 +127,11 @@ final class ScriptedBroker: Broker {
 }
 
 /// A hub over a scripted broker, running while `body` runs.
-func withHub(pageSize: Int = 7, _ body: (ChannelHub, ScriptedBroker) async throws -> Void) async throws {
+func withHub(pageSize: Int = 7, flushGap: TimeAmount = .milliseconds(1), _ body: (ChannelHub, ScriptedBroker) async throws -> Void) async throws {
     let memory = MemoryEngine(configuration: EngineConfiguration(replayPageSize: pageSize))
     let broker = ScriptedBroker(memory)
     let engine = Engine(configuration: memory.configuration, broker: broker, presence: memory, channels: memory, keys: memory)
-    let hub = ChannelHub(engine: engine)
+    let hub = ChannelHub(engine: engine, flushGap: flushGap)
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { try await hub.run() }
         try await waitUntil("the engine to run") { (try? await engine.broker.checkReady()) != nil }
@@ -388,13 +388,21 @@ final class LoopSink: SubscriberSink {
     let offLoop = Atomic<Int>(0)
     init(loop: any EventLoop) { self.loop = loop }
     var eventLoop: (any EventLoop)? { loop }
+    /// Flush calls, and frames written since the last flush.
+    let flushes = Atomic<Int>(0)
+    let unflushed = Atomic<Int>(0)
     func write(_ frame: WireFrame) -> Bool {
         if !loop.inEventLoop { offLoop.add(1, ordering: .relaxed) }
         let text = String(buffer: frame.text)
         if let r = text.range(of: "\"id\":\"") { received.withLock { $0.append(String(text[r.upperBound...].prefix { $0 != "\"" })) } }
-        return true
+        // As the protocol asks: true only for the first write since the last flush.
+        return unflushed.wrappingAdd(1, ordering: .relaxed).oldValue == 0
     }
-    func flush() { if !loop.inEventLoop { offLoop.add(1, ordering: .relaxed) } }
+    func flush() {
+        if !loop.inEventLoop { offLoop.add(1, ordering: .relaxed) }
+        flushes.add(1, ordering: .relaxed)
+        unflushed.store(0, ordering: .relaxed)
+    }
     func slowConsumer() {}
     func channelEnded(_ channel: ChannelName) {}
     var ids: [String] { received.withLock { $0 } }
@@ -455,6 +463,29 @@ extension ChannelHubTests {
             #expect(sinks.dropFirst(10).allSatisfy { $0.ids == ids })
             #expect(sinks.prefix(10).allSatisfy { ids.starts(with: $0.ids) })
             #expect(sinks.allSatisfy { $0.offLoop.load(ordering: .relaxed) == 0 })
+        }
+        try await group.shutdownGracefully()
+    }
+}
+
+extension ChannelHubTests {
+    /// Flush passes on a loop keep the configured gap: the first message is flushed at once,
+    /// those arriving within the gap share the next pass, and nothing is left unflushed.
+    @Test func flushPassesKeepTheirGapAndLeaveNothingUnflushed() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        try await withHub(flushGap: .seconds(2)) { hub, broker in
+            let sinks = (0..<3).map { _ in LoopSink(loop: loop) }
+            for sink in sinks { _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in } }
+            var ids = try await publish(broker, 0..<1).map(\.description)
+            try await waitUntil("the first message flushed at once") { sinks.allSatisfy { $0.flushes.load(ordering: .relaxed) == 1 } }
+            ids += try await publish(broker, 1..<21).map(\.description)
+            try await waitUntil("every message flushed") {
+                sinks.allSatisfy { $0.ids.count == ids.count && $0.unflushed.load(ordering: .relaxed) == 0 }
+            }
+            #expect(sinks.allSatisfy { $0.ids == ids })
+            // Twenty messages within the gap: far fewer passes than messages.
+            #expect(sinks.allSatisfy { $0.flushes.load(ordering: .relaxed) < 10 })
         }
         try await group.shutdownGracefully()
     }

@@ -133,9 +133,16 @@ public final class ChannelHub: Sendable {
     /// How long a subscriber waits for a channel that is attaching or recovering.
     let linkWait: Duration
 
-    public init(engine: Engine, resumeBufferLimit: Int = 10_000, shardCount: Int = 16, linkWait: Duration = .seconds(10)) {
+    /// The least time between two flush passes of one event loop (see ``FlushBatch``).
+    let flushGap: TimeAmount
+
+    public init(
+        engine: Engine, resumeBufferLimit: Int = 10_000, shardCount: Int = 16, linkWait: Duration = .seconds(10),
+        flushGap: TimeAmount = .milliseconds(1)
+    ) {
         self.engine = engine
         self.linkWait = linkWait
+        self.flushGap = flushGap
         self.resumeBufferLimit = resumeBufferLimit
         self.shards = (0..<max(1, shardCount)).map { _ in Locked(Shard(), counting: LockStatistics.hubShards) }
     }

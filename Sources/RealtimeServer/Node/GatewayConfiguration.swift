@@ -91,6 +91,9 @@ public struct GatewayConfiguration: Sendable {
         public var tokenExpiryWarningSeconds = 30
         /// Bound on graceful shutdown.
         public var shutdownTimeoutSeconds = 10
+        /// The least time between two flush passes of one event loop's subscriber sockets (0:
+        /// flush as soon as the loop is free).
+        public var flushGapMicroseconds = 1000
 
         public init() {}
     }
@@ -265,6 +268,9 @@ extension GatewayConfiguration {
         int("REALTIME_AUTH_TIMEOUT_SECONDS", "time for the first auth frame (default 10)", min: 1, max: 600, \.timing.authTimeoutSeconds),
         int("REALTIME_TOKEN_EXPIRY_WARNING_SECONDS", "token_expiring lead time (default 30)", min: 1, max: 3600, \.timing.tokenExpiryWarningSeconds),
         int("REALTIME_SHUTDOWN_TIMEOUT_SECONDS", "bound on graceful shutdown (default 10)", min: 1, max: 600, \.timing.shutdownTimeoutSeconds),
+        int(
+            "REALTIME_FLUSH_GAP_MICROSECONDS", "least time between two flushes of one event loop's subscriber sockets, 0 = at once (default 1000)",
+            min: 0, max: 100_000, \.timing.flushGapMicroseconds),
         Setting(variable: "REALTIME_TLS_CERT_FILE", help: "PEM certificate (with its chain) to serve HTTPS and WSS; needs REALTIME_TLS_KEY_FILE") { (c: inout GatewayConfiguration, v: String) throws(ConfigurationError) in
             c.tlsDraft.certificateFile = v
         },

@@ -24,7 +24,9 @@ final class GatewayRuntime: Sendable {
     ) {
         self.configuration = configuration
         self.engine = engine
-        self.hub = ChannelHub(engine: engine, resumeBufferLimit: configuration.limits.outboundQueueFrames)
+        self.hub = ChannelHub(
+            engine: engine, resumeBufferLimit: configuration.limits.outboundQueueFrames,
+            flushGap: .microseconds(Int64(configuration.timing.flushGapMicroseconds)))
         self.tokens = tokens
         self.keys = APIKeyAuthenticator(engine: engine, bootstrapHash: bootstrapKeyHash)
         self.registry = ConnectionRegistry()
