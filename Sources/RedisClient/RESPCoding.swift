@@ -3,20 +3,19 @@ import NIOCore
 
 /// Command encoding: a RESP array of bulk strings (`*<n>\r\n` then `$<len>\r\n<bytes>\r\n` per
 /// argument), written straight into the buffer that goes on the wire, with no copy of the
-/// arguments in between (the encoding is the one `redisFormatCommandArgv` produces; a test
-/// compares the two).
+/// arguments in between (a test reads random commands back with hiredis' reply reader).
 public enum RESPEncoder {
     /// Appends the RESP encoding of a command (an array of bulk strings) to `buffer`.
     public static func encode(_ arguments: [ByteBuffer], into buffer: inout ByteBuffer) {
         buffer.reserveCapacity(minimumWritableBytes: arguments.reduce(16) { $0 + $1.readableBytes + 16 })
-        writeHeader(UInt8(ascii: "*"), arguments.count, into: &buffer)
+        beginCommand(count: arguments.count, into: &buffer)
         for argument in arguments { append(argument, into: &buffer) }
     }
 
     /// Appends the encoding of a command whose arguments are text.
     public static func encode(_ arguments: [String], into buffer: inout ByteBuffer) {
         buffer.reserveCapacity(minimumWritableBytes: arguments.reduce(16) { $0 + $1.utf8.count + 16 })
-        writeHeader(UInt8(ascii: "*"), arguments.count, into: &buffer)
+        beginCommand(count: arguments.count, into: &buffer)
         for argument in arguments { append(argument, into: &buffer) }
     }
 
