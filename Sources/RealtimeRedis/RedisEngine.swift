@@ -223,6 +223,9 @@ extension RedisEngine: Broker {
 
     public func checkReady() async throws {
         try await call { _ = try await redis.send(["PING"]) }
+        // Every pub/sub link, not only the control channel's: a subscribe on a link still
+        // connecting would wait for it, and fail with 50300 if it took longer than the wait.
+        guard subscriber.isConnected else { throw RealtimeError.engineUnavailable("pub/sub connection down") }
         let nonce = nodeID + "-" + RandomID.hex(bytes: 6)
         probes.withLock { $0[nonce] = false }
         defer { probes.withLock { _ = $0.removeValue(forKey: nonce) } }

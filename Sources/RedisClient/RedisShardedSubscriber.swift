@@ -15,6 +15,9 @@ public protocol RedisPubSub: Sendable {
     /// came up within `wait`.
     func subscribe(_ channel: String, wait: Duration) async throws
     func unsubscribe(_ channel: String) async
+    /// Whether every link started so far is connected, with its channels subscribed (what a
+    /// node's readiness asks: a subscribe now waits for no connection).
+    var isConnected: Bool { get }
 }
 
 extension RedisPubSub {
@@ -105,6 +108,11 @@ public final class RedisShardedSubscriber: RedisPubSub {
             state.withLock { s in if s.owner[channel] == node { s.owner[channel] = nil } }
             throw error
         }
+    }
+
+    public var isConnected: Bool {
+        let shards = state.withLock { s in s.down.isEmpty ? s.shards.values.map(\.subscriber) : nil }
+        return shards?.allSatisfy(\.isConnected) ?? false
     }
 
     public func unsubscribe(_ channel: String) async {

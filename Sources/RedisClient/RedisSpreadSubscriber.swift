@@ -94,6 +94,8 @@ public final class RedisSpreadSubscriber: RedisPubSub {
         await link(for: channel).unsubscribe(channel)
     }
 
+    public var isConnected: Bool { links.allSatisfy(\.isConnected) }
+
     /// Closes every link now (their server was demoted, say); each connects again at once.
     public func reconnect() {
         for link in links { link.reconnect() }

@@ -46,6 +46,9 @@ public final class RedisSubscriber: Sendable {
         return Self.nowNanos() - last < Int64(within.components.seconds) * 1_000_000_000
     }
 
+    /// Whether the connection is up; `run` publishes it only once the set is subscribed on it.
+    public var isConnected: Bool { state.withLock { $0.connection?.isActive ?? false } }
+
     static func nowNanos() -> Int64 { Int64(NIODeadline.now().uptimeNanoseconds) }
 
     /// Maintains the connection until cancelled. `onMessage(channel, payload)` runs on the

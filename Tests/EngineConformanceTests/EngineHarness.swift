@@ -112,8 +112,16 @@ func withEngine(
         }
         // Let `run` install its handler (and, for Redis, its pub/sub connection) before the test acts.
         try await Task.sleep(for: .milliseconds(20), clock: .suspending)
-        let ready = ContinuousClock.now + .seconds(10)
-        while (try? await engine.broker.checkReady()) == nil, ContinuousClock.now < ready { try await Task.sleep(for: .milliseconds(20), clock: .suspending) }
+        // Ready: commands answered and every pub/sub link up (a loaded machine may take a while
+        // to reach a Sentinel's primary; a test that starts before would race that).
+        let ready = ContinuousClock.now + .seconds(60)
+        while (try? await engine.broker.checkReady()) == nil {
+            guard ContinuousClock.now < ready else {
+                Issue.record("the \(kind) engine did not become ready")
+                break
+            }
+            try await Task.sleep(for: .milliseconds(20), clock: .suspending)
+        }
         do {
             try await body(EngineUnderTest(engine: engine, clock: clock, events: recorder, hub: hub))
         } catch {
