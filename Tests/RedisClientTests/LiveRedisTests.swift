@@ -71,7 +71,9 @@ import RealtimeTestSupport
             group.addTask {
                 await subscriber.run(onMessage: { _, payload in received.withLock { $0.append(String(buffer: payload)) } })
             }
-            try await subscriber.subscribe("tls")
+            // The first connection includes a TLS handshake: on a loaded machine it may take
+            // longer than the default two seconds, so the wait is generous here.
+            try await subscriber.subscribe("tls", wait: .seconds(30))
             try await client.send(["PUBLISH", "tls", "over-tls"])
             try await eventually { received.withLock { $0 } == ["over-tls"] }
             group.cancelAll()
@@ -99,8 +101,8 @@ import RealtimeTestSupport
                     onInterrupted: { link.withLock { $0.append("interrupted") } },
                     onRestored: { link.withLock { $0.append("restored") } })
             }
-            try await subscriber.subscribe("a")
-            try await subscriber.subscribe("b")
+            try await subscriber.subscribe("a", wait: .seconds(30))
+            try await subscriber.subscribe("b", wait: .seconds(30))
             #expect(try await client.send(["PUBSUB", "NUMSUB", "a"]).array?.last?.int == 1)
             try await client.send(["PUBLISH", "a", "1"])
             // Not counted: one unsubscribe ends the subscription.
@@ -114,8 +116,10 @@ import RealtimeTestSupport
 
             server.stop()
             try await eventually(timeout: .seconds(10)) { link.withLock { $0 } == ["interrupted"] }
+            #expect(!subscriber.isConnected, "a node whose pub/sub link is down is not ready")
             try await server.start()
             try await eventually(timeout: .seconds(10)) { link.withLock { $0 } == ["interrupted", "restored"] }
+            #expect(subscriber.isConnected)
             // Restored means subscribed again: a publish right after it arrives.
             var sent = false
             try await eventually(timeout: .seconds(10)) {
@@ -157,7 +161,8 @@ extension LiveRedisTests {
                     onInterrupted: { link.withLock { $0.append("interrupted") } },
                     onRestored: { link.withLock { $0.append("restored") } })
             }
-            for channel in channels { try await subscriber.subscribe(channel) }
+            for channel in channels { try await subscriber.subscribe(channel, wait: .seconds(30)) }
+            try await eventually { subscriber.isConnected }
             #expect(try await client.send(["PUBSUB", "NUMSUB"] + channels).array?.enumerated().allSatisfy { $0.offset % 2 == 0 || $0.element.int == 1 } == true)
             for i in 0..<20 { for channel in channels { try await client.send(["PUBLISH", channel, "\(i)"]) } }
             try await eventually { received.withLock { $0 }.values.reduce(0) { $0 + $1.count } == 20 * channels.count }
@@ -196,7 +201,7 @@ extension LiveRedisTests {
     }
 }
 
-func eventually(timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async throws {
+func eventually(timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
     while try await !condition() {
         guard ContinuousClock.now < deadline else {
