@@ -166,7 +166,7 @@ struct Cluster {
 }
 
 /// Waits (bounded) for a condition, polling.
-func eventually(_ what: String, timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
+func eventually(_ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
     while try await !condition() {
         guard ContinuousClock.now < deadline else { throw TestSocket.Timeout(what: what) }

@@ -79,7 +79,7 @@ struct RawPeer {
     func close() async throws { try? await channel.close().get() }
 
     /// Waits (up to `timeout`) for a server frame with `opcode`; returns its payload.
-    func frame(opcode: UInt8, timeout: Duration = .seconds(10)) async throws -> [UInt8]? {
+    func frame(opcode: UInt8, timeout: Duration = .seconds(30)) async throws -> [UInt8]? {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if let found = Self.frames(received.bytes.withLock { $0 }).first(where: { $0.opcode == opcode }) { return found.payload }
@@ -90,7 +90,7 @@ struct RawPeer {
 
     /// What the server sent after the handshake: text frames and the close code, once the server
     /// has sent a close frame (waits up to `timeout`).
-    func framesUntilClose(timeout: Duration = .seconds(10)) async throws -> (texts: [String], closeCode: Int?) {
+    func framesUntilClose(timeout: Duration = .seconds(30)) async throws -> (texts: [String], closeCode: Int?) {
         let deadline = ContinuousClock.now + timeout
         while true {
             let parsed = Self.parse(received.bytes.withLock { $0 })
@@ -100,7 +100,7 @@ struct RawPeer {
     }
 
     /// The first text frame the server sent (waits up to `timeout`).
-    func firstText(timeout: Duration = .seconds(10)) async throws -> String? {
+    func firstText(timeout: Duration = .seconds(30)) async throws -> String? {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if let first = Self.parse(received.bytes.withLock { $0 }).texts.first { return first }

@@ -146,7 +146,7 @@ extension NodeAccess {
     }
 
     /// Waits (bounded) for a condition on the node, polling.
-    func eventually(_ what: String, timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
+    func eventually(_ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
         let deadline = ContinuousClock.now + timeout
         while try await !condition() {
             guard ContinuousClock.now < deadline else { throw TestSocket.Timeout(what: what) }

@@ -94,7 +94,7 @@ final class TestSocket: Sendable {
     }
 
     /// The next frame, or throws after `timeout` or when the connection has ended.
-    func next(timeout: Duration = .seconds(10)) async throws -> JSONValue {
+    func next(timeout: Duration = .seconds(30)) async throws -> JSONValue {
         let deadline = ContinuousClock.now + timeout
         while true {
             let (frame, ended, code) = inbox.withLock { i -> (JSONValue?, Bool, Int?) in
@@ -111,7 +111,7 @@ final class TestSocket: Sendable {
 
     /// The next frame of a type, skipping the others.
     @discardableResult
-    func next(type: String, timeout: Duration = .seconds(10)) async throws -> JSONValue {
+    func next(type: String, timeout: Duration = .seconds(30)) async throws -> JSONValue {
         let deadline = ContinuousClock.now + timeout
         while true {
             let remaining = deadline - ContinuousClock.now
@@ -129,7 +129,7 @@ final class TestSocket: Sendable {
     }
 
     /// The close code the server sent, once the connection has ended (reading resumes).
-    func closeCode(timeout: Duration = .seconds(15)) async throws -> Int? {
+    func closeCode(timeout: Duration = .seconds(30)) async throws -> Int? {
         resume()
         let deadline = ContinuousClock.now + timeout
         while true {
