@@ -21,7 +21,8 @@ import Testing
             #expect(try await a.closeCode() == 1012)
             #expect(try await b.closeCode() == 1012)
             try await node.eventually("members removed") { try await engine.members(channel).isEmpty }
-            #expect(ContinuousClock.now - start < .seconds(5))
+            // Removed by the shutdown, not by the 30 s presence TTL (generous for a loaded machine).
+            #expect(ContinuousClock.now - start < .seconds(20))
         }
     }
 }
