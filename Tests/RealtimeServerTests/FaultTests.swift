@@ -355,7 +355,16 @@ struct RetryingPublisher {
         var cursor: String?
         repeat {
             let path = "/v1/realtime/channels/\(channel)/history?direction=forwards&limit=1000" + (cursor.map { "&cursor=\($0)" } ?? "")
-            let page = try await node.rest(.GET, path).json
+            // A read may meet the nodes' short command timeout (1 s) on a loaded machine:
+            // 503/504 is repeated, as a client would; any other answer must be a page.
+            var reply = try await node.rest(.GET, path)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while reply.status == 503 || reply.status == 504, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100), clock: .suspending)
+                reply = try await node.rest(.GET, path)
+            }
+            #expect(reply.status == 200, "history page: \(reply.status) \(reply.json)")
+            let page = reply.json
             for m in page["messages"].array {
                 if let id = m["id"].string.flatMap({ MessageID($0) }), let n = m["data"].int { all.append((id, n)) }
             }

@@ -68,9 +68,16 @@ import Testing
                     try await node.rest(.GET, "/v1/realtime/channels/churn").json["subscribers"].int == 20
                 }
                 for s in sockets { s.close() }
-                try await node.eventually("all gone") {
-                    let c = try await node.rest(.GET, "/v1/realtime/channels/churn").json
-                    return c["subscribers"].int == 0 && c["presence_members"].int == 0
+                var last = JSONValue.null
+                do {
+                    try await node.eventually("all gone") {
+                        last = try await node.rest(.GET, "/v1/realtime/channels/churn").json
+                        return last["subscribers"].int == 0 && last["presence_members"].int == 0
+                    }
+                } catch {
+                    let ended = sockets.filter(\.isClosed).count
+                    Issue.record("round \(round): \(last); \(ended) of 20 client connections ended")
+                    throw error
                 }
             }
         }

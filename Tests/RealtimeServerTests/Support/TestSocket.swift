@@ -78,6 +78,9 @@ final class TestSocket: Sendable {
     /// Whether the WebSocket handshake completed.
     var isUpgraded: Bool { inbox.withLock { $0.upgraded } }
 
+    /// Whether the connection has ended, read or not.
+    var isClosed: Bool { inbox.withLock { $0.ended } }
+
     /// Whether the connection has ended (and every frame it received was read).
     var hasEnded: Bool { inbox.withLock { $0.ended && $0.frames.isEmpty } }
 
