@@ -18,7 +18,7 @@ PORT=18085 REDIS_PORT=16385 SECONDS_UNDER_LOAD=${PROFILE_SECONDS:-10}
 
 if [[ $ENGINE == fanout ]]; then
     RATE=${FANOUT_RATE:-600}
-    CPUS=0 start_gateway $PORT ""
+    CPUS=0 start_gateway $PORT "" ${BENCH_GATEWAY_ENV:-}
     NODE=$LAST_PID
     ticks() { awk '{print $14 + $15}' "/proc/$NODE/stat"; }
     DATA="$ROOT/bench/results/profile-fanout.perf.data"
