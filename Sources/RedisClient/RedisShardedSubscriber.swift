@@ -110,9 +110,12 @@ public final class RedisShardedSubscriber: RedisPubSub {
         }
     }
 
+    /// No link that was up is down, and every channel has a shard that confirmed it. A shard
+    /// made on demand (a first channel on another primary) is not counted while it first
+    /// connects: the subscribe that made it waits for it, and counting it would turn `/readyz`
+    /// to 503 for that moment on a node that serves.
     public var isConnected: Bool {
-        let shards = state.withLock { s in s.down.isEmpty ? s.shards.values.map(\.subscriber) : nil }
-        return shards?.allSatisfy(\.isConnected) ?? false
+        state.withLock { $0.down.isEmpty && $0.homeless.isEmpty }
     }
 
     public func unsubscribe(_ channel: String) async {
