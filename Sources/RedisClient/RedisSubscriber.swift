@@ -41,7 +41,7 @@ public final class RedisSubscriber: Sendable {
 
     /// Whether the connection is up and answered a ping within `within`.
     public func isHealthy(within: Duration = .seconds(3)) -> Bool {
-        guard state.withLock({ $0.connection?.isActive ?? false }) else { return false }
+        guard isConnected else { return false }
         let last = lastPong.load(ordering: .relaxed)
         return Self.nowNanos() - last < Int64(within.components.seconds) * 1_000_000_000
     }
@@ -159,7 +159,7 @@ public final class RedisSubscriber: Sendable {
 
     private func waitForConnection(_ wait: Duration) async throws {
         let deadline = ContinuousClock.now + wait
-        while !(state.withLock { $0.connection?.isActive ?? false }) {
+        while !isConnected {
             guard ContinuousClock.now < deadline else { throw RedisError.connection("pub/sub connection unavailable") }
             try await Task.sleep(for: .milliseconds(10), clock: .suspending)
         }

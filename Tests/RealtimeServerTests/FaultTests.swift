@@ -357,11 +357,10 @@ struct RetryingPublisher {
             let path = "/v1/realtime/channels/\(channel)/history?direction=forwards&limit=1000" + (cursor.map { "&cursor=\($0)" } ?? "")
             // A read may meet the nodes' short command timeout (1 s) on a loaded machine:
             // 503/504 is repeated, as a client would; any other answer must be a page.
-            var reply = try await node.rest(.GET, path)
-            let deadline = ContinuousClock.now + .seconds(30)
-            while reply.status == 503 || reply.status == 504, ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(100), clock: .suspending)
+            var reply = Reply(status: 0, json: .null, headers: [])
+            try await eventually("a history page", timeout: .seconds(30)) {
                 reply = try await node.rest(.GET, path)
+                return reply.status != 503 && reply.status != 504
             }
             #expect(reply.status == 200, "history page: \(reply.status) \(reply.json)")
             let page = reply.json
