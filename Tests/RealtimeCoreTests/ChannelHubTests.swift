@@ -406,6 +406,23 @@ final class LoopSink: SubscriberSink {
     func slowConsumer() {}
     func channelEnded(_ channel: ChannelName) {}
     var ids: [String] { received.withLock { $0 } }
+
+    /// How many frames each run written here held, and whether a run's bytes were not its
+    /// frames back to back.
+    let runs = Mutex<[Int]>([])
+    let malformedRuns = Atomic<Int>(0)
+    func write(_ run: WireFrameRun) -> Bool {
+        runs.withLock { $0.append(run.frames.count) }
+        var joined = ByteBuffer()
+        for f in run.frames { joined.writeImmutableBuffer(f.bytes) }
+        if joined != run.bytes { malformedRuns.add(1, ordering: .relaxed) }
+        var first = false
+        for f in run.frames {
+            if write(f) { first = true }
+        }
+        return first
+    }
+    var runSizes: [Int] { runs.withLock { $0 } }
 }
 
 @Suite struct LiveSubscribersTests {
@@ -486,6 +503,33 @@ extension ChannelHubTests {
             #expect(sinks.allSatisfy { $0.ids == ids })
             // Twenty messages within the gap: far fewer passes than messages.
             #expect(sinks.allSatisfy { $0.flushes.load(ordering: .relaxed) < 10 })
+        }
+        try await group.shutdownGracefully()
+    }
+}
+
+extension ChannelHubTests {
+    /// Messages that arrive while a loop is busy wait for one task there and reach each of its
+    /// subscribers as one write, in order; a subscriber joining meanwhile starts a new task, so
+    /// it gets exactly what follows its join and the others miss nothing.
+    @Test func messagesWaitingForABusyLoopGoOutAsOneRunPerSubscriber() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        try await withHub { hub, broker in
+            let sinks = (0..<3).map { _ in LoopSink(loop: loop) }
+            for sink in sinks { _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in } }
+            let busy = DispatchSemaphore(value: 0)
+            loop.execute { busy.wait() }
+            var ids = try await publish(broker, 0..<20).map(\.description)
+            let late = LoopSink(loop: loop)
+            _ = try await hub.subscribe(ch, sink: late, since: nil) { _ in }
+            let after = try await publish(broker, 20..<25).map(\.description)
+            ids += after
+            busy.signal()
+            try await waitUntil("every message") { sinks.allSatisfy { $0.ids.count == ids.count } && late.ids.count == after.count }
+            #expect(sinks.allSatisfy { $0.ids == ids && $0.runSizes == [20, 5] })
+            #expect(late.ids == after && late.runSizes == [5])
+            #expect((sinks + [late]).allSatisfy { $0.malformedRuns.load(ordering: .relaxed) == 0 && $0.offLoop.load(ordering: .relaxed) == 0 })
         }
         try await group.shutdownGracefully()
     }

@@ -140,7 +140,10 @@ extension ChannelHub {
                 return
             }
             // Some sinks already have this message (they resumed ahead of this node).
+            // Each filtered group has an outbox of its own; later frames must not join the
+            // tasks already waiting, which would put them ahead of this one.
             for group in ch.live.behind(m.id) { fanOut(frame, to: group) }
+            ch.live.renewOutboxes()
             return
         }
         fanOut(frame, to: ch.live)
@@ -199,18 +202,15 @@ extension ChannelHub {
         for group in live.groups { fanOut(frame, to: group) }
     }
 
-    /// Writes one frame to the sinks of one loop, in a task on that loop.
+    /// Writes one frame to the sinks of one loop, in a task on that loop: the group's waiting
+    /// task when it has one (``Outbox``), else a new one.
     func fanOut(_ frame: WireFrame, to group: LiveSubscribers.Group) {
-        let sinks = group.sinks
         guard let loop = group.loop, let batch = group.batch else {
-            for s in sinks { _ = s.write(frame) }
-            for s in sinks { s.flush() }
+            for s in group.sinks { _ = s.write(frame) }
+            for s in group.sinks { s.flush() }
             return
         }
-        loop.execute {
-            for s in sinks where s.write(frame) { batch.dirty.append(s) }
-            batch.schedule(on: loop)
-        }
+        group.outbox.post(frame, to: group.sinks, on: loop, batch: batch)
     }
 
     func flushBatch(for loop: any EventLoop) -> FlushBatch {

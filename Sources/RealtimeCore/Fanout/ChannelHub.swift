@@ -10,12 +10,25 @@ public protocol SubscriberSink: AnyObject, Sendable {
     /// subscriber. Returns true when the sink now holds unflushed bytes and no flush has been
     /// asked for since, so the caller must make sure `flush` runs.
     func write(_ frame: WireFrame) -> Bool
+    /// Writes several frames in order, as `write(_:)` does one; a sink may take the run's
+    /// `bytes` as one write (the default writes each frame).
+    func write(_ run: WireFrameRun) -> Bool
     /// Flushes what `write` wrote.
     func flush()
     /// The sink fell too far behind (its queue or resume buffer overflowed); it must close (4008).
     func slowConsumer()
     /// The channel was deleted; the hub has already dropped this subscription.
     func channelEnded(_ channel: ChannelName)
+}
+
+extension SubscriberSink {
+    public func write(_ run: WireFrameRun) -> Bool {
+        var first = false
+        for frame in run.frames {
+            if write(frame) { first = true }
+        }
+        return first
+    }
 }
 
 /// The outcome of a subscribe, reported to the client before any replayed message.

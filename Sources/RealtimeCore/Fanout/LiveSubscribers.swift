@@ -1,11 +1,12 @@
 import NIOCore
+import Synchronization
 
 /// A channel's live subscribers, kept grouped by event loop as they join.
 ///
-/// A message then costs one task per loop, queued under the channel's shard lock in a pass over
-/// the loops, not over the subscribers; each loop writes the frame to its own sinks, in parallel
-/// with the other loops. A task captures its loop's sink array as it is (copy on write: a
-/// subscriber leaving while tasks are queued copies the group, never what the tasks see).
+/// A message then costs at most one task per loop, queued under the channel's shard lock in a
+/// pass over the loops, not over the subscribers; each loop writes the frame to its own sinks,
+/// in parallel with the other loops. Frames that arrive while a loop's task is still waiting
+/// join that task (``Outbox``): a busy loop writes them to each sink as one buffer.
 struct LiveSubscribers {
     struct Group {
         let loop: (any EventLoop)?
@@ -13,6 +14,9 @@ struct LiveSubscribers {
         /// Subscription ids, parallel to `sinks`.
         var ids: [UInt64] = []
         var sinks: [any SubscriberSink] = []
+        /// Collects frames for these very sinks; replaced whenever they change, so a frame
+        /// never joins a task for another set of sinks.
+        var outbox = Outbox()
     }
 
     private(set) var groups: [Group] = []
@@ -33,6 +37,7 @@ struct LiveSubscribers {
         if let i = groups.firstIndex(where: { $0.loop === loop }) {
             groups[i].ids.append(id)
             groups[i].sinks.append(sink)
+            groups[i].outbox = Outbox()
         } else {
             groups.append(Group(loop: loop, batch: batch, ids: [id], sinks: [sink]))
         }
@@ -49,6 +54,7 @@ struct LiveSubscribers {
             } else {
                 groups[g].ids.remove(at: i)
                 groups[g].sinks.remove(at: i)
+                groups[g].outbox = Outbox()
             }
             floors[id] = nil
             count -= 1
@@ -59,6 +65,12 @@ struct LiveSubscribers {
 
     mutating func removeAll() {
         self = LiveSubscribers()
+    }
+
+    /// Makes every later frame start new tasks: needed after frames went to some of the sinks
+    /// by another way (``behind(_:)``), which later frames must not overtake.
+    mutating func renewOutboxes() {
+        for g in groups.indices { groups[g].outbox = Outbox() }
     }
 
     /// The groups with only the sinks whose floor is below `id` (those that do not have the
@@ -72,5 +84,41 @@ struct LiveSubscribers {
             }
             return kept.sinks.isEmpty ? nil : kept
         }
+    }
+}
+
+/// The frames waiting for one task on a loop that writes them to one group's sinks.
+///
+/// The first frame posted queues the task (with the sinks as they are then); frames posted
+/// before it runs join it, and it writes them all as one ``WireFrameRun``: under load, when
+/// the loop falls behind the publisher, each sink gets one write for several messages instead
+/// of one per message. Posts come under the channel's shard lock, so in channel order; the lock
+/// here is shared only by that poster and the one loop.
+final class Outbox: Sendable {
+    private struct Waiting {
+        var frames: [WireFrame] = []
+        var sinks: [any SubscriberSink] = []
+    }
+
+    private let waiting = Mutex(Waiting())
+
+    func post(_ frame: WireFrame, to sinks: [any SubscriberSink], on loop: any EventLoop, batch: FlushBatch) {
+        let idle = waiting.withLock { w -> Bool in
+            w.frames.append(frame)
+            guard w.frames.count == 1 else { return false }
+            w.sinks = sinks
+            return true
+        }
+        if idle { loop.execute { self.write(batch: batch, on: loop) } }
+    }
+
+    private func write(batch: FlushBatch, on loop: any EventLoop) {
+        let (frames, sinks) = waiting.withLock { w in
+            defer { w = Waiting() }
+            return (w.frames, w.sinks)
+        }
+        let run = WireFrameRun(frames)
+        for s in sinks where s.write(run) { batch.dirty.append(s) }
+        batch.schedule(on: loop)
     }
 }

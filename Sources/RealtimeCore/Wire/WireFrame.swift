@@ -50,3 +50,23 @@ public struct WireFrame: Sendable {
         }
     }
 }
+
+/// Frames of one channel, in order, that one fan-out task writes to each of its sinks: their
+/// bytes back to back in one buffer, so a sink that takes the run whole costs one write and one
+/// `iovec` for all of them instead of one per frame.
+public struct WireFrameRun: Sendable {
+    public let frames: [WireFrame]
+    /// Every frame's bytes back to back (the frame's own bytes when there is one).
+    public let bytes: ByteBuffer
+
+    public init(_ frames: [WireFrame]) {
+        self.frames = frames
+        if frames.count == 1 {
+            bytes = frames[0].bytes
+            return
+        }
+        var buffer = ByteBufferAllocator().buffer(capacity: frames.reduce(0) { $0 + $1.bytes.readableBytes })
+        for f in frames { buffer.writeImmutableBuffer(f.bytes) }
+        bytes = buffer
+    }
+}

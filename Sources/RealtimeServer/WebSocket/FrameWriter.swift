@@ -62,21 +62,26 @@ final class FrameWriter: ChannelInboundHandler, RemovableChannelHandler, @unchec
     }
 
     func write(_ frame: WireFrame) -> WriteResult {
+        write(frame.bytes, frames: 1)
+    }
+
+    /// Writes `frames` complete frames held back to back in `bytes`, as one write.
+    func write(_ bytes: ByteBuffer, frames: Int) -> WriteResult {
         guard !stopped, let context else { return .stopped }
-        let size = frame.bytes.readableBytes
+        let size = bytes.readableBytes
         if queued.isEmpty, writable {
-            // Writable: NIO holds less than its high water mark, so only a frame that alone
+            // Writable: NIO holds less than its high water mark, so only a write that alone
             // nears the budget needs the exact count.
             if size > budget / 2, unsentInChannel + size > budget { return overflow() }
-            context.write(wrapOutboundOut(frame.bytes), promise: nil)
-            unflushedFrames += 1
+            context.write(wrapOutboundOut(bytes), promise: nil)
+            unflushedFrames += frames
             defer { needsFlush = true }
             return .written(firstUnflushed: !needsFlush)
         }
         if queuedBytes + size + unsentInChannel > budget { return overflow() }
-        queued.append(frame.bytes)
+        queued.append(bytes)
         queuedBytes += size
-        unflushedFrames += 1
+        unflushedFrames += frames
         return .queued
     }
 

@@ -95,7 +95,15 @@ actor WebSocketSession: SubscriberSink {
     nonisolated var eventLoop: (any EventLoop)? { loop }
 
     nonisolated func write(_ frame: WireFrame) -> Bool {
-        switch writer.write(frame) {
+        written(writer.write(frame))
+    }
+
+    nonisolated func write(_ run: WireFrameRun) -> Bool {
+        written(writer.write(run.bytes, frames: run.frames.count))
+    }
+
+    private nonisolated func written(_ result: FrameWriter.WriteResult) -> Bool {
+        switch result {
         case .written(let first):
             return first
         case .queued:
