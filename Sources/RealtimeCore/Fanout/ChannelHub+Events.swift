@@ -188,12 +188,13 @@ extension ChannelHub {
         }
     }
 
-    /// Writes one frame to every live sink: one task per event loop (the sinks are kept
-    /// grouped by loop as they join) writes it to each of that loop's sinks, so a message costs
-    /// a hop per loop rather than per subscriber, and no pass over the subscribers under the
-    /// shard lock. Flushes are coalesced by the loop's ``FlushBatch``: when messages arrive
-    /// faster than the loop writes them, each socket gets one system call for several frames
-    /// instead of one per frame.
+    /// Writes one frame to every live sink: at most one task per event loop (the sinks are
+    /// kept grouped by loop as they join) writes it to each of that loop's sinks, so a message
+    /// costs a hop per loop rather than per subscriber, and no pass over the subscribers under
+    /// the shard lock; a frame that finds the loop's task still waiting joins it (``Outbox``).
+    /// Flushes are coalesced by the loop's ``FlushBatch``: when messages arrive faster than the
+    /// loop writes them, each socket gets one system call for several frames instead of one per
+    /// frame.
     func fanOut(_ frame: WireFrame, to live: LiveSubscribers) {
         if let only = live.single {
             Self.deliver([frame], to: only)
