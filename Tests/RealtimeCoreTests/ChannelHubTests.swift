@@ -391,10 +391,18 @@ final class LoopSink: SubscriberSink {
     /// Flush calls, and frames written since the last flush.
     let flushes = Atomic<Int>(0)
     let unflushed = Atomic<Int>(0)
+    /// Every frame in order: a message's id, or "presence".
+    let sequence = Mutex<[String]>([])
     func write(_ frame: WireFrame) -> Bool {
         if !loop.inEventLoop { offLoop.add(1, ordering: .relaxed) }
         let text = String(buffer: frame.text)
-        if let r = text.range(of: "\"id\":\"") { received.withLock { $0.append(String(text[r.upperBound...].prefix { $0 != "\"" })) } }
+        if let r = text.range(of: "\"id\":\"") {
+            let id = String(text[r.upperBound...].prefix { $0 != "\"" })
+            received.withLock { $0.append(id) }
+            sequence.withLock { $0.append(id) }
+        } else if text.hasPrefix("{\"type\":\"presence_event\"") {
+            sequence.withLock { $0.append("presence") }
+        }
         // As the protocol asks: true only for the first write since the last flush.
         return unflushed.wrappingAdd(1, ordering: .relaxed).oldValue == 0
     }
@@ -530,6 +538,49 @@ extension ChannelHubTests {
             #expect(sinks.allSatisfy { $0.ids == ids && $0.runSizes == [20, 5] })
             #expect(late.ids == after && late.runSizes == [5])
             #expect((sinks + [late]).allSatisfy { $0.malformedRuns.load(ordering: .relaxed) == 0 && $0.offLoop.load(ordering: .relaxed) == 0 })
+        }
+        try await group.shutdownGracefully()
+    }
+}
+
+extension ChannelHubTests {
+    /// Subscribers that resumed ahead of the node's live stream are left out of the messages
+    /// they have; with the loop busy, an event queued for everyone before those messages, and a
+    /// message after them, still reach every subscriber in channel order.
+    @Test func messagesBehindASubscriberThatResumedAheadKeepTheirOrderOnABusyLoop() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        try await withHub { hub, broker in
+            let early = (0..<2).map { _ in LoopSink(loop: loop) }
+            for s in early { _ = try await hub.subscribe(ch, sink: s, since: nil) { _ in } }
+            let first = try await publish(broker, 0..<1)
+            try await waitUntil("the first message") { early.allSatisfy { $0.ids.count == 1 } }
+            // The hub does not see the next three yet (still on their way from the broker)...
+            broker.state.withLock { $0.down = true }
+            let late = try await publish(broker, 1..<4)
+            broker.state.withLock { $0.down = false }
+            // ...but a subscriber resuming from the first reads them from history: it is ahead.
+            let ahead = LoopSink(loop: loop)
+            let outcome = Mutex<SubscribeOutcome?>(nil)
+            _ = try await hub.subscribe(ch, sink: ahead, since: first[0]) { o in outcome.withLock { $0 = o } }
+            #expect(outcome.withLock { $0 }?.resumed == true)
+            try await waitUntil("the replay") { ahead.ids.count == 3 }
+            let messages = try await broker.memory.replay(ch, after: first[0], limit: 10).messages
+            #expect(messages.map(\.id) == late)
+
+            let busy = DispatchSemaphore(value: 0)
+            loop.execute { busy.wait() }
+            let member = PresenceMember(clientID: "p", userID: nil, connectionID: "p", data: nil, enteredAt: 1, updatedAt: 1)
+            hub.handle(.presence(PresenceEvent(channel: ch, action: .enter, member: member)))
+            for m in messages { hub.handle(.message(m)) }
+            let after = try await publish(broker, 4..<5)
+            busy.signal()
+
+            let all = (first + late + after).map(\.description)
+            try await waitUntil("every message") { early.allSatisfy { $0.ids.count == all.count } && ahead.ids.count == 4 }
+            let expected = [all[0], "presence"] + all.dropFirst()
+            #expect(early.allSatisfy { $0.sequence.withLock { $0 } == expected })
+            #expect(ahead.sequence.withLock { $0 } == late.map(\.description) + ["presence"] + after.map(\.description))
         }
         try await group.shutdownGracefully()
     }
