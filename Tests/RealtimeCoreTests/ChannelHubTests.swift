@@ -145,6 +145,26 @@ func withHub(pageSize: Int = 7, flushGap: TimeAmount = .milliseconds(1), _ body:
     }
 }
 
+/// Runs `body` with one event loop of its own, shut down afterwards (also when `body` throws).
+func withOneLoop(_ body: (any EventLoop) async throws -> Void) async throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    do {
+        try await body(group.next())
+    } catch {
+        try? await group.shutdownGracefully()
+        throw error
+    }
+    try await group.shutdownGracefully()
+}
+
+/// Keeps `loop` busy with a task that waits until the returned semaphore is signalled: what is
+/// queued to the loop meanwhile waits behind it.
+func holdBusy(_ loop: any EventLoop) -> DispatchSemaphore {
+    let busy = DispatchSemaphore(value: 0)
+    loop.execute { busy.wait() }
+    return busy
+}
+
 func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
     while try await !condition() {
@@ -384,7 +404,6 @@ func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: ()
 /// own loop, as the hub promises.
 final class LoopSink: SubscriberSink {
     let loop: any EventLoop
-    let received = Mutex<[String]>([])
     let offLoop = Atomic<Int>(0)
     init(loop: any EventLoop) { self.loop = loop }
     var eventLoop: (any EventLoop)? { loop }
@@ -397,9 +416,7 @@ final class LoopSink: SubscriberSink {
         if !loop.inEventLoop { offLoop.add(1, ordering: .relaxed) }
         let text = String(buffer: frame.text)
         if let r = text.range(of: "\"id\":\"") {
-            let id = String(text[r.upperBound...].prefix { $0 != "\"" })
-            received.withLock { $0.append(id) }
-            sequence.withLock { $0.append(id) }
+            sequence.withLock { $0.append(String(text[r.upperBound...].prefix { $0 != "\"" })) }
         } else if text.hasPrefix("{\"type\":\"presence_event\"") {
             sequence.withLock { $0.append("presence") }
         }
@@ -413,7 +430,8 @@ final class LoopSink: SubscriberSink {
     }
     func slowConsumer() {}
     func channelEnded(_ channel: ChannelName) {}
-    var ids: [String] { received.withLock { $0 } }
+    /// The message ids among `sequence`.
+    var ids: [String] { sequence.withLock { $0 }.filter { $0 != "presence" } }
 
     /// How many frames each run written here held, and whether a run's bytes were not its
     /// frames back to back.
@@ -497,9 +515,7 @@ extension ChannelHubTests {
     /// Flush passes on a loop keep the configured gap: the first message is flushed at once,
     /// those arriving within the gap share the next pass, and nothing is left unflushed.
     @Test func flushPassesKeepTheirGapAndLeaveNothingUnflushed() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let loop = group.next()
-        try await withHub(flushGap: .seconds(2)) { hub, broker in
+        try await withOneLoop { loop in try await withHub(flushGap: .seconds(2)) { hub, broker in
             let sinks = (0..<3).map { _ in LoopSink(loop: loop) }
             for sink in sinks { _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in } }
             var ids = try await publish(broker, 0..<1).map(\.description)
@@ -511,8 +527,7 @@ extension ChannelHubTests {
             #expect(sinks.allSatisfy { $0.ids == ids })
             // Twenty messages within the gap: far fewer passes than messages.
             #expect(sinks.allSatisfy { $0.flushes.load(ordering: .relaxed) < 10 })
-        }
-        try await group.shutdownGracefully()
+        } }
     }
 }
 
@@ -521,13 +536,10 @@ extension ChannelHubTests {
     /// subscribers as one write, in order; a subscriber joining meanwhile starts a new task, so
     /// it gets exactly what follows its join and the others miss nothing.
     @Test func messagesWaitingForABusyLoopGoOutAsOneRunPerSubscriber() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let loop = group.next()
-        try await withHub { hub, broker in
+        try await withOneLoop { loop in try await withHub { hub, broker in
             let sinks = (0..<3).map { _ in LoopSink(loop: loop) }
             for sink in sinks { _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in } }
-            let busy = DispatchSemaphore(value: 0)
-            loop.execute { busy.wait() }
+            let busy = holdBusy(loop)
             var ids = try await publish(broker, 0..<20).map(\.description)
             let late = LoopSink(loop: loop)
             _ = try await hub.subscribe(ch, sink: late, since: nil) { _ in }
@@ -538,8 +550,7 @@ extension ChannelHubTests {
             #expect(sinks.allSatisfy { $0.ids == ids && $0.runSizes == [20, 5] })
             #expect(late.ids == after && late.runSizes == [5])
             #expect((sinks + [late]).allSatisfy { $0.malformedRuns.load(ordering: .relaxed) == 0 && $0.offLoop.load(ordering: .relaxed) == 0 })
-        }
-        try await group.shutdownGracefully()
+        } }
     }
 }
 
@@ -548,9 +559,7 @@ extension ChannelHubTests {
     /// they have; with the loop busy, an event queued for everyone before those messages, and a
     /// message after them, still reach every subscriber in channel order.
     @Test func messagesBehindASubscriberThatResumedAheadKeepTheirOrderOnABusyLoop() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let loop = group.next()
-        try await withHub { hub, broker in
+        try await withOneLoop { loop in try await withHub { hub, broker in
             let early = (0..<2).map { _ in LoopSink(loop: loop) }
             for s in early { _ = try await hub.subscribe(ch, sink: s, since: nil) { _ in } }
             let first = try await publish(broker, 0..<1)
@@ -568,8 +577,7 @@ extension ChannelHubTests {
             let messages = try await broker.memory.replay(ch, after: first[0], limit: 10).messages
             #expect(messages.map(\.id) == late)
 
-            let busy = DispatchSemaphore(value: 0)
-            loop.execute { busy.wait() }
+            let busy = holdBusy(loop)
             let member = PresenceMember(clientID: "p", userID: nil, connectionID: "p", data: nil, enteredAt: 1, updatedAt: 1)
             hub.handle(.presence(PresenceEvent(channel: ch, action: .enter, member: member)))
             for m in messages { hub.handle(.message(m)) }
@@ -581,7 +589,6 @@ extension ChannelHubTests {
             let expected = [all[0], "presence"] + all.dropFirst()
             #expect(early.allSatisfy { $0.sequence.withLock { $0 } == expected })
             #expect(ahead.sequence.withLock { $0 } == late.map(\.description) + ["presence"] + after.map(\.description))
-        }
-        try await group.shutdownGracefully()
+        } }
     }
 }
