@@ -98,6 +98,51 @@ import Testing
         }
     }
 
+    /// A client that sends `Expect: 100-continue` and holds its body back (as curl does for large
+    /// bodies) gets `100 Continue` without sending anything more, on a publish (fast path) and on
+    /// a route's POST, and a `100 Continue` behind an unanswered request comes only after that
+    /// request's answer. HTTP/1.0 gets no interim answer.
+    @Test(arguments: [false, true]) func aClientThatExpectsContinueGetsItBeforeSendingItsBody(fastPath: Bool) async throws {
+        try await TestNode.with({ $0.publishFastPath = fastPath }) { node in
+            let body = #"{"channel":"x","event":"e","data":1}"#
+            func head(_ path: String, version: String = "1.1") -> String {
+                "POST \(path) HTTP/\(version)\r\nHost: x\r\n\(Self.auth)Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                    + "Content-Length: \(body.utf8.count)\r\n\r\n"
+            }
+            let peer = try await RawPeer.connect(port: node.port, path: nil)
+            // Nothing after the head: only a 100 Continue can come back.
+            try await peer.sendRaw(Array(head("/v1/realtime/publish").utf8))
+            try await eventually("100 Continue", timeout: .seconds(20)) { HTTPStream.parse(peer.bytes).count == 1 }
+            #expect(HTTPStream.parse(peer.bytes).map(\.status) == [100])
+            try await peer.sendRaw(Array(body.utf8))
+            try await eventually("the publish's answer", timeout: .seconds(20)) { HTTPStream.parse(peer.bytes).count == 2 }
+            // A whole publish, then a second head in the same write: its 100 follows the first's 201.
+            try await peer.sendRaw(Array((Self.publish("x", data: "2") + head("/v1/realtime/publish")).utf8))
+            try await eventually("201 then 100", timeout: .seconds(20)) { HTTPStream.parse(peer.bytes).count == 4 }
+            try await peer.sendRaw(Array(body.utf8))
+            // A route's POST (channel creation; the body names a channel).
+            let create = #"{"name":"made-\#(fastPath)"}"#
+            try await peer.sendRaw(
+                Array(
+                    ("POST /v1/realtime/channels HTTP/1.1\r\nHost: x\r\n\(Self.auth)Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                        + "Content-Length: \(create.utf8.count)\r\n\r\n").utf8))
+            try await eventually("the route's 100 Continue", timeout: .seconds(20)) { HTTPStream.parse(peer.bytes).count == 6 }
+            try await peer.sendRaw(Array(create.utf8))
+            try await eventually("seven answers", timeout: .seconds(20)) { HTTPStream.parse(peer.bytes).count == 7 }
+            let answers = HTTPStream.parse(peer.bytes)
+            #expect(answers.map(\.status) == [100, 201, 201, 100, 201, 100, 201], "\(answers.map(\.body))")
+            let h = try await node.rest(.GET, "/v1/realtime/channels/x/history?direction=forwards")
+            #expect(h.json["messages"].array.compactMap { $0["data"].int } == [1, 2, 1])
+            try await peer.close()
+
+            let old = try await RawPeer.connect(port: node.port, path: nil)
+            try await old.sendRaw(Array((head("/v1/realtime/publish", version: "1.0") + body).utf8))
+            try await eventually("the HTTP/1.0 answer", timeout: .seconds(20)) { !HTTPStream.parse(old.bytes).isEmpty }
+            #expect(HTTPStream.parse(old.bytes).first?.status == 201)
+            try await old.close()
+        }
+    }
+
     /// A client that sends publishes and hangs up before the answers: each publish is applied
     /// once, and the node serves on.
     @Test func publishesAbandonedMidFlightAreAppliedOnceAndTheNodeServesOn() async throws {

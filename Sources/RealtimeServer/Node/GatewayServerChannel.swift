@@ -99,8 +99,8 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
                         headTimeout.firstHeadRead()
-                        try sync.addHandler(HTTP1ToHTTPServerCodec(secure: self.tls != nil))
                         try sync.addHandler(HeadReadTimeout.Observer(headTimeout))
+                        try sync.addHandler(HTTP1ToHTTPServerCodec(secure: self.tls != nil))
                         try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
                         if let fastPath = self.fastPath { try sync.addHandler(PublishFastPath(service: fastPath, eventLoop: channel.eventLoop)) }
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
