@@ -110,6 +110,32 @@ import Testing
         }
     }
 
+    /// A path that exists under other methods is `405` / `40500` with an `Allow` header naming
+    /// them (on the fast path's routes too); HEAD is answered wherever GET is, without a body.
+    @Test func aKnownPathWithAnotherMethodIs405AndHeadFollowsGet() async throws {
+        try await TestNode.with { node in
+            let cases: [(HTTPMethodAlias, String, allow: Set<String>)] = [
+                (.GET, "/v1/realtime/publish", ["POST"]),
+                (.DELETE, "/v1/realtime/publish/batch", ["POST"]),
+                (.PUT, "/v1/realtime/channels", ["GET", "HEAD", "POST"]),
+                (.POST, "/v1/realtime/channels/some-channel/history", ["GET", "HEAD"]),
+                (.GET, "/v1/realtime/keys/k_0123", ["DELETE"]),
+                (.POST, "/healthz", ["GET", "HEAD"]),
+            ]
+            for (method, path, allow) in cases {
+                let r = try await node.rest(method, path, method == .GET ? nil : "{}")
+                #expect(r.status == 405 && r.json["error"]["code"].int == 40500, "\(method) \(path): \(r.status) \(r.json)")
+                let named = r.header("allow").map { Set($0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
+                #expect(named == allow, "\(method) \(path)")
+            }
+            #expect(try await node.rest(.PATCH, "/v1/realtime/nowhere/at/all").status == 404)
+            let head = try await node.rest(.HEAD, "/v1/realtime/channels/h/history")
+            #expect(head.status == 200 && head.json == .null)
+            #expect(try await node.rest(.HEAD, "/healthz").status == 200)
+            #expect(try await node.rest(.HEAD, "/v1/realtime/channels/h/history", key: "").status == 401)
+        }
+    }
+
     @Test func oversizedMessagesAndBodiesGet41300() async throws {
         try await TestNode.with({ $0.limits.maxMessageBytes = 1000 }) { node in
             let big = "\"" + String(repeating: "x", count: 1200) + "\""

@@ -67,16 +67,19 @@ public struct Gateway: Sendable {
     }
 
     func application() -> some Service {
-        let router = Router(context: GatewayRequestContext.self)
+        // HEAD is answered wherever GET is (load balancers probe `/healthz` with either).
+        let router = Router(context: GatewayRequestContext.self, options: .autoGenerateHeadEndpoints)
         // Request metrics go to swift-metrics (the binary bootstraps it with the same registry).
         router.middlewares.add(MetricsMiddleware())
-        router.middlewares.add(ErrorMiddleware())
+        let routes = RouteMethods()
+        router.middlewares.add(ErrorMiddleware(routes: routes))
         if let tls { router.middlewares.add(TLSMiddleware(requireClientCertificate: tls.settings.clientCAFile != nil)) }
         RESTController(runtime: runtime).register(on: router)
         OperationsController(runtime: runtime).register(on: router)
         let webSocket = WebSocketController(runtime: runtime)
         webSocket.register(on: router)
         WebAssetsController().register(on: router)
+        routes.record(router)
         // Frames this large are refused by the decoder (1009); messages over the configured
         // limit but within it get a 41300 error first.
         let frameLimit = max(4 * configuration.limits.maxInboundFrameBytes, 1 << 20)

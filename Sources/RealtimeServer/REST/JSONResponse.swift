@@ -56,6 +56,9 @@ enum JSONResponse {
 
 /// Turns every error a route throws into the contract's JSON error envelope.
 struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    /// Tells a path that exists under other methods (`405`) from an unknown one (`404`).
+    let routes: RouteMethods
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
@@ -65,7 +68,15 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return JSONResponse.error(.tooLarge("request body too large"))
         } catch let error as HTTPError {
             switch error.status {
-            case .notFound: return JSONResponse.error(.notFound("no such endpoint: \(request.method) \(request.uri.path)"))
+            case .notFound:
+                let allowed = routes.allowed(path: request.uri.path)
+                guard !allowed.isEmpty else {
+                    return JSONResponse.error(.notFound("no such endpoint: \(request.method) \(request.uri.path)"))
+                }
+                let list = allowed.map(\.rawValue).joined(separator: ", ")
+                var response = JSONResponse.error(RealtimeError(code: 40500, message: "method \(request.method) not allowed on \(request.uri.path); allowed: \(list)"))
+                response.headers[.allow] = list
+                return response
             case .contentTooLarge: return JSONResponse.error(.tooLarge("request body too large"))
             case .methodNotAllowed: return JSONResponse.error(RealtimeError(code: 40500, message: "method not allowed"))
             case .badRequest: return JSONResponse.error(.badRequest(error.body ?? "bad request"))
