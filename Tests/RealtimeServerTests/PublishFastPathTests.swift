@@ -285,3 +285,53 @@ extension RawPeer {
 extension Reply {
     func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name }?.1 }
 }
+
+/// Input that is not HTTP/1.1 gets the contract's `400` / `40000`, after the answers to the
+/// complete requests before it and never inside one, then the connection closes; nothing of a
+/// broken request is applied, and the node serves on.
+@Suite struct MalformedHTTPTests {
+    static let auth = PublishFastPathTests.auth
+
+    @Test(arguments: [false, true]) func brokenInputIsAnswered400ThenClosed(fastPath: Bool) async throws {
+        try await TestNode.with({ $0.publishFastPath = fastPath }) { node in
+            let broken: [String: [UInt8]] = [
+                "garbage": Array("\u{1}\u{2} hello\r\n\r\n".utf8),
+                "HTTP/2 preface": Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8),
+                "negative Content-Length": Array("POST /v1/realtime/publish HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n".utf8),
+                "Content-Length and chunked": Array(
+                    "POST /v1/realtime/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".utf8),
+                "a 200 KB header": Array("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: 200_000))\r\n\r\n".utf8),
+                "a WebSocket upgrade without a key": Array(
+                    "GET /v1/realtime/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n".utf8),
+            ]
+            for (name, bytes) in broken {
+                let peer = try await RawPeer.connect(port: node.port, path: nil)
+                try await peer.sendRaw(bytes)
+                try await eventually("\(name): closed", timeout: .seconds(20)) { peer.isClosed }
+                let answers = HTTPStream.parse(peer.bytes)
+                #expect(answers.map(\.status) == [400], "\(name): \(String(decoding: peer.bytes.prefix(300), as: UTF8.self))")
+                #expect(answers.first?.json["error"]["code"].int == 40000, "\(name)")
+            }
+
+            // Complete requests first: answered in order, then the 400.
+            let peer = try await RawPeer.connect(port: node.port, path: nil)
+            try await peer.sendRaw(
+                Array((PublishFastPathTests.publish("m", data: "1") + PublishFastPathTests.get("/healthz") + "\u{1}\u{2} hello\r\n\r\n").utf8))
+            try await eventually("closed after three answers", timeout: .seconds(20)) { peer.isClosed }
+            #expect(HTTPStream.parse(peer.bytes).map(\.status) == [201, 200, 400])
+
+            // A chunked body that breaks: 400 for that request, nothing applied.
+            let badChunk = "Transfer-Encoding: chunked\r\n\r\n10\r\n{\"channel\":\"m\",\r\nZZ\r\n"
+            for path in ["/v1/realtime/publish", "/v1/realtime/channels"] {
+                let peer = try await RawPeer.connect(port: node.port, path: nil)
+                try await peer.sendRaw(Array("POST \(path) HTTP/1.1\r\nHost: x\r\n\(Self.auth)Content-Type: application/json\r\n\(badChunk)".utf8))
+                try await eventually("\(path): closed", timeout: .seconds(20)) { peer.isClosed }
+                let answers = HTTPStream.parse(peer.bytes)
+                #expect(answers.map(\.status) == [400] && answers.first?.json["error"]["code"].int == 40000, "\(path): \(answers.map(\.body))")
+            }
+            let history = try await node.rest(.GET, "/v1/realtime/channels/m/history?direction=forwards")
+            #expect(history.json["messages"].array.compactMap { $0["data"].int } == [1])
+            #expect(try await node.publish("after").status == 201)
+        }
+    }
+}

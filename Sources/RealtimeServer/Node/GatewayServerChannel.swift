@@ -67,6 +67,7 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
             let compressed = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
             let webSocket = self.webSocket
             let headTimeout = HeadReadTimeout(timeout: headReadTimeout)
+            let exchanges = HTTPExchanges(headTimeout)
             try channel.pipeline.syncOperations.addHandler(headTimeout, position: .first)
             // Ahead of the head timeout, whose clock (started here) then covers the handshake too.
             if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.current), position: .first) }
@@ -88,6 +89,7 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                 upgradePipelineHandler: { channel, head in
                     channel.eventLoop.makeCompletedFuture {
                         channel.pipeline.syncOperations.removeHandler(headTimeout).whenComplete { _ in }
+                        channel.pipeline.syncOperations.removeHandler(exchanges).whenComplete { _ in }
                         try webSocket.accept(channel: channel, token: URI(head.uri).queryParameters.get("token"), compressed: compressed.value)
                         return .webSocket
                     }
@@ -99,7 +101,6 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
                         headTimeout.firstHeadRead()
-                        try sync.addHandler(HeadReadTimeout.Observer(headTimeout))
                         try sync.addHandler(HTTP1ToHTTPServerCodec(secure: self.tls != nil))
                         try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
                         if let fastPath = self.fastPath { try sync.addHandler(PublishFastPath(service: fastPath, eventLoop: channel.eventLoop)) }
@@ -111,9 +112,12 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
             )
             var configuration = NIOUpgradableHTTPServerPipelineConfiguration<Negotiated>(upgradeConfiguration: notUpgraded)
             configuration.enablePipelining = false  // NIOAsyncChannel serialises requests
-            configuration.enableErrorHandling = false  // Hummingbird answers parse errors
+            configuration.enableErrorHandling = false  // HTTPExchanges answers parse errors
             configuration.enableResponseHeaderValidation = false  // HTTPTypes validated them
             let negotiated = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
+            // Right after the decoder (behind the upgrade handler, which passes errors on), so it
+            // also sees a first request that does not parse.
+            try channel.pipeline.syncOperations.addHandler(exchanges)
             return Value(negotiated: negotiated, channel: channel)
         }
     }
@@ -125,8 +129,14 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                 await handleHTTP(asyncChannel: http, logger: logger)
             case .refusedUpgrade(let http):
                 try await http.executeThenClose { _, outbound in
-                    let head = HTTPResponse(status: .badRequest, headerFields: [.connection: "close", .contentLength: "0"])
-                    try await outbound.write(contentsOf: [.head(head), .end(nil)])
+                    let reply = JSONReply(error: .badRequest("a WebSocket upgrade is only accepted on GET \(Self.webSocketPath)"))
+                    let head = HTTPResponse(
+                        status: .badRequest,
+                        headerFields: [
+                            .connection: "close", .contentType: "application/json; charset=utf-8",
+                            .contentLength: String(reply.body.utf8.count),
+                        ])
+                    try await outbound.write(contentsOf: [.head(head), .body(ByteBuffer(string: reply.body)), .end(nil)])
                 }
             case .webSocket:
                 return

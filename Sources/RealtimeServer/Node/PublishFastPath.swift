@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Metrics
 import NIOCore
+import NIOHTTP1
 import NIOHTTPTypes
 import NIOSSL
 import RealtimeCore
@@ -66,6 +67,9 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     /// A read asked for while requests wait; issued once they are all handled.
     private var readHeld = false
     private var context: ChannelHandlerContext?
+    /// The input broke inside a request still waiting here (``HTTPExchanges`` passes the
+    /// decoder's error on only then); handled once the parts before it are.
+    private var brokenInput: (any Error)?
     /// The `Date` header's value and the second it names (responses carry one, as the router's do).
     private var date: (second: Int, text: String) = (-1, "")
 
@@ -81,6 +85,20 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         let part = unwrapInboundIn(data)
         if waiting.isEmpty, handle(part, context: context) { return }
         waiting.append(part)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard error is HTTPParserError else { return context.fireErrorCaught(error) }
+        if waiting.isEmpty, !isRunning { inputBroke(error, context: context) } else { brokenInput = error }
+    }
+
+    /// The request being read cannot end: a publish is answered `400` here, unapplied (the
+    /// connection then closes, ``HTTPExchanges``); the router's request gets the error.
+    private func inputBroke(_ error: any Error, context: ChannelHandlerContext) {
+        guard case .collecting(let publish) = state else { return context.fireErrorCaught(error) }
+        state = .running
+        service.metrics.started()
+        finish(publish, JSONReply(error: .badRequest("malformed HTTP/1.1 request body")))
     }
 
     func read(context: ChannelHandlerContext) {
@@ -154,6 +172,10 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         // Outside a read, the router's channel handler passes on what it was given only at a
         // read's end: without this, a request that waited here would sit there unanswered.
         if handled { context.fireChannelReadComplete() }
+        if waiting.isEmpty, !isRunning, let error = brokenInput {
+            brokenInput = nil
+            inputBroke(error, context: context)
+        }
         if waiting.isEmpty, !isRunning, readHeld {
             readHeld = false
             context.read()

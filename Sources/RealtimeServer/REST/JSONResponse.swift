@@ -1,5 +1,6 @@
 import Hummingbird
 import NIOCore
+import NIOHTTP1
 import RealtimeCore
 
 /// A finished JSON response, before it is a Hummingbird `Response` or written by the fast path.
@@ -64,6 +65,10 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let error as RealtimeError {
             return JSONResponse.error(error)
+        } catch is HTTPParserError {
+            // The request's body did not parse as HTTP/1.1 (a malformed chunk); the connection
+            // closes after this answer (HTTPExchanges).
+            return JSONResponse.error(.badRequest("malformed HTTP/1.1 request body"))
         } catch is NIOTooManyBytesError {
             return JSONResponse.error(.tooLarge("request body too large"))
         } catch let error as HTTPError {
