@@ -159,6 +159,14 @@ import Testing
         try await eventually("socket closed without waiting for an answer") { !h.channel.isActive }
     }
 
+    @Test func anUnmaskedFrameFailsTheConnectionWith1002() async throws {
+        let h = try await Harness.make()
+        _ = try await h.written()
+        try await h.channel.writeInbound(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(bytes: Array(#"{"op":"ping"}"#.utf8))))
+        #expect(try await h.written() == Self.frame(0x8, [0x03, 0xEA] + Array("client frames must be masked".utf8)))
+        try await eventually("socket closed without waiting for an answer") { !h.channel.isActive }
+    }
+
     @Test func aMissedPongClosesWith1001AtTheNextHeartbeat() async throws {
         let h = try await Harness.make { $0.timing.heartbeatSeconds = 30 }
         _ = try await h.written()

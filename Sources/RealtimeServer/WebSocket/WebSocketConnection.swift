@@ -112,6 +112,8 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        // RFC 6455 §5.1: a server fails the connection on a frame its client did not mask.
+        guard frame.maskKey != nil else { return machine.isClosing ? () : failProtocol("client frames must be masked") }
         switch frame.opcode {
         case .text, .binary, .continuation:
             receivedData(frame)
