@@ -25,6 +25,39 @@ import Testing
             #expect(ContinuousClock.now - start < .seconds(20))
         }
     }
+
+    /// On graceful shutdown a kept-alive HTTP connection with nothing in flight is closed at
+    /// once, not left to the shutdown bound or the idle timeout (here both far longer than the wait).
+    @Test func gracefulShutdownClosesIdleKeptAliveConnectionsAtOnce() async throws {
+        try await TestNode.with({ $0.timing.shutdownTimeoutSeconds = 300; $0.timing.httpIdleTimeoutSeconds = 600 }) { node in
+            let peer = try await RawPeer.connect(port: node.port, path: nil)
+            try await peer.sendRaw(Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            try await node.eventually("the answer") { peer.answers == 1 }
+            await node.group.triggerGracefulShutdown()
+            try await node.eventually("the kept-alive connection closed", timeout: .seconds(60)) { peer.isClosed }
+        }
+    }
+
+    /// A kept-alive connection with nothing to do is closed after the idle timeout; one that
+    /// keeps publishing (answered below the router) stays open well past it.
+    @Test func idleKeptAliveConnectionsCloseAndBusyOnesStayOpen() async throws {
+        try await TestNode.with({ $0.timing.httpIdleTimeoutSeconds = 3 }) { node in
+            let idle = try await RawPeer.connect(port: node.port, path: nil)
+            try await idle.sendRaw(Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            try await node.eventually("the idle connection's answer") { idle.answers == 1 }
+            let busy = try await RawPeer.connect(port: node.port, path: nil)
+            let until = ContinuousClock.now + .seconds(9)
+            var sent = 0
+            while ContinuousClock.now < until, !busy.isClosed {
+                try await busy.sendRaw(Array(PublishFastPathTests.publish("busy", data: "\(sent)").utf8))
+                sent += 1
+                try await node.eventually("answer \(sent)") { busy.answers == sent || busy.isClosed }
+                try await Task.sleep(for: .milliseconds(100), clock: .suspending)
+            }
+            #expect(!busy.isClosed, "closed after \(sent) publishes")
+            try await node.eventually("the idle connection closed", timeout: .seconds(30)) { idle.isClosed }
+        }
+    }
 }
 
 @Suite struct ConfigurationTests {

@@ -35,7 +35,7 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
     /// within this of the connection opening); kept-alive connections idle longer than
     /// `idleTimeout` are closed.
     let headReadTimeout: TimeAmount
-    let idleTimeout: Duration
+    let idleTimeout: TimeAmount
     /// The largest frame the decoder accepts; larger ones are refused with 1009.
     let maxFrameSize: Int
     /// TLS in front of everything, when configured: each connection takes the context current
@@ -46,7 +46,7 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
 
     init(
         responder: @escaping HTTPChannelHandler.Responder, webSocket: WebSocketController, maxFrameSize: Int, tls: TLSContextStore? = nil,
-        headReadTimeout: TimeAmount = .seconds(10), idleTimeout: Duration = .seconds(60), fastPath: PublishFastPath.Service? = nil
+        headReadTimeout: TimeAmount = .seconds(10), idleTimeout: TimeAmount = .seconds(60), fastPath: PublishFastPath.Service? = nil
     ) {
         self.tls = tls
         self.fastPath = fastPath
@@ -67,11 +67,12 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
             let compressed = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
             let webSocket = self.webSocket
             let headTimeout = HeadReadTimeout(timeout: headReadTimeout)
-            let exchanges = HTTPExchanges(headTimeout)
+            let exchanges = HTTPExchanges(headTimeout, idleTimeout: idleTimeout)
+            // The HTTP-only handlers, removed when the connection becomes a WebSocket.
+            let httpOnly = NIOLoopBound((headTimeout, exchanges), eventLoop: channel.eventLoop)
             try channel.pipeline.syncOperations.addHandler(headTimeout, position: .first)
             // Ahead of the head timeout, whose clock (started here) then covers the handshake too.
             if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.current), position: .first) }
-            let idleTimeout = self.idleTimeout
             let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
                 maxFrameSize: maxFrameSize,
                 shouldUpgrade: { channel, head in
@@ -88,8 +89,8 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                 },
                 upgradePipelineHandler: { channel, head in
                     channel.eventLoop.makeCompletedFuture {
-                        channel.pipeline.syncOperations.removeHandler(headTimeout).whenComplete { _ in }
-                        channel.pipeline.syncOperations.removeHandler(exchanges).whenComplete { _ in }
+                        channel.pipeline.syncOperations.removeHandler(httpOnly.value.0).whenComplete { _ in }
+                        channel.pipeline.syncOperations.removeHandler(httpOnly.value.1).whenComplete { _ in }
                         try webSocket.accept(channel: channel, token: URI(head.uri).queryParameters.get("token"), compressed: compressed.value)
                         return .webSocket
                     }
@@ -100,10 +101,9 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                 notUpgradingCompletionHandler: { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
-                        headTimeout.firstHeadRead()
-                        try sync.addHandler(HTTP1ToHTTPServerCodec(secure: self.tls != nil))
-                        try sync.addHandler(HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger))
+                        httpOnly.value.0.firstHeadRead()
                         if let fastPath = self.fastPath { try sync.addHandler(PublishFastPath(service: fastPath, eventLoop: channel.eventLoop)) }
+                        try sync.addHandler(HTTP1ToHTTPServerCodec(secure: self.tls != nil))
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
                             wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
                         return attempted.value ? .refusedUpgrade(asyncChannel) : .http(asyncChannel)

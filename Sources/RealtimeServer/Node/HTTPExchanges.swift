@@ -8,6 +8,8 @@ import RealtimeCore
 /// and does what needs that count:
 ///
 /// - tells ``HeadReadTimeout`` when a head was decoded and when an answer ended;
+/// - closes a kept-alive connection idle for `REALTIME_HTTP_IDLE_TIMEOUT_SECONDS`, and on
+///   graceful shutdown closes an idle connection at once and a busy one after its answers;
 /// - answers `Expect: 100-continue` (RFC 9110 §10.1.1);
 /// - answers input that is not HTTP/1.1 (a parse error of NIO's decoder), and a WebSocket
 ///   upgrade NIO refuses (no `Sec-WebSocket-Key`, a version other than 13), with `400` /
@@ -38,6 +40,14 @@ final class HTTPExchanges: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     let timeout: HeadReadTimeout
+    /// A kept-alive connection with nothing read or answered for this long is closed (while a
+    /// request's answer is being worked out, the connection is not idle).
+    let idleTimeout: TimeAmount
+    /// When a request part was last read or an answer last ended.
+    private var lastActive = NIODeadline.now()
+    private var idleCheck: Scheduled<Void>?
+    /// The server is shutting down: close once every request read has been answered.
+    private var quiescing = false
     /// The numbers (counted from 1, as `headsRead`) of read requests that wait for their
     /// `100 Continue` until the answers before them have ended; in order.
     private var continueAfter = CircularBuffer<Int>(initialCapacity: 1)
@@ -53,9 +63,50 @@ final class HTTPExchanges: ChannelDuplexHandler, RemovableChannelHandler {
         headers: [("Sec-WebSocket-Version", "13")]
     )
 
-    init(_ timeout: HeadReadTimeout) { self.timeout = timeout }
+    init(_ timeout: HeadReadTimeout, idleTimeout: TimeAmount) {
+        self.timeout = timeout
+        self.idleTimeout = idleTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        lastActive = .now()
+        checkIdle(at: lastActive + idleTimeout, context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
+        idleCheck = nil
+    }
+
+    private func checkIdle(at due: NIODeadline, context: ChannelHandlerContext) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        idleCheck = context.eventLoop.scheduleTask(deadline: due) { bound.value.0.idleChecked(context: bound.value.1) }
+    }
+
+    /// One check per `idleTimeout` at most: close if nothing happened since, else look again.
+    private func idleChecked(context: ChannelHandlerContext) {
+        idleCheck = nil
+        let now = NIODeadline.now()
+        let answering = timeout.headsRead > timeout.responsesEnded && !requestOpen
+        if !answering, lastActive + idleTimeout <= now {
+            context.close(promise: nil)
+        } else {
+            checkIdle(at: answering ? now + idleTimeout : lastActive + idleTimeout, context: context)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent else { return context.fireUserInboundEventTriggered(event) }
+        // Graceful shutdown: an idle connection closes now, a busy one after its answers.
+        if timeout.headsRead == timeout.responsesEnded, !requestOpen {
+            context.close(promise: nil)
+        } else {
+            quiescing = true
+        }
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastActive = .now()
         switch unwrapInboundIn(data) {
         case .head(let head):
             timeout.headsRead += 1
@@ -99,7 +150,8 @@ final class HTTPExchanges: ChannelDuplexHandler, RemovableChannelHandler {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         guard case .end = unwrapOutboundIn(data) else { return context.write(data, promise: promise) }
         timeout.responsesEnded += 1
-        if broken, timeout.responsesEnded == timeout.headsRead {
+        lastActive = .now()
+        if broken || quiescing, timeout.responsesEnded == timeout.headsRead {
             let written = context.eventLoop.makePromise(of: Void.self)
             if let promise { written.futureResult.cascade(to: promise) }
             context.write(data, promise: written)

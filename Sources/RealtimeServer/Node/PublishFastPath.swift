@@ -23,10 +23,10 @@ import Synchronization
 /// suspends on the engine and resumes on the loop that then writes the response (through the
 /// Redis engine, on the Redis connection of the same loop: ``RedisCommandClient``).
 final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPRequestPart
-    typealias InboundOut = HTTPRequestPart
-    typealias OutboundIn = HTTPResponsePart
-    typealias OutboundOut = HTTPResponsePart
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
 
     /// What the fast path needs from the node, shared by every connection.
     struct Service: Sendable {
@@ -38,7 +38,7 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private struct Publish {
-        var head: HTTPRequest
+        var head: HTTPRequestHead
         var route: PublishEndpoint.Route
         /// Nil once the body outgrew the route's limit (the rest is read and dropped).
         var body: ByteBuffer?
@@ -63,7 +63,7 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     /// Requests handed to the router whose response has not ended yet.
     private var routedOpen = 0
     /// Parts that arrived while they could not be handled yet, in order.
-    private var waiting = CircularBuffer<HTTPRequestPart>()
+    private var waiting = CircularBuffer<HTTPServerRequestPart>()
     /// A read asked for while requests wait; issued once they are all handled.
     private var readHeld = false
     private var context: ChannelHandlerContext?
@@ -118,12 +118,12 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private var isRunning: Bool { if case .running = state { true } else { false } }
 
     /// Handles a part now, or returns false when it must wait (for earlier answers).
-    private func handle(_ part: HTTPRequestPart, context: ChannelHandlerContext) -> Bool {
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) -> Bool {
         switch (state, part) {
         case (.running, _):
             return false
         case (.idle, .head(let head)):
-            if head.method == .post, let path = head.path, let route = PublishEndpoint.route(path: Self.pathOnly(path)) {
+            if head.method == .POST, let route = PublishEndpoint.route(path: Self.pathOnly(head.uri)) {
                 guard routedOpen == 0 else { return false }
                 let limit = service.endpoint.bodyLimit(route)
                 state = .collecting(Publish(head: head, route: route, body: ByteBuffer(), limit: limit, startedAt: Self.now()))
@@ -192,7 +192,8 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             if service.requireClientCertificate, (try? await channel.nioSSL_peerCertificate().get()) == nil {
                 reply = JSONReply(error: .noCredentials("a client certificate signed by REALTIME_TLS_CLIENT_CA_FILE is required"))
             } else {
-                reply = await service.endpoint.respond(publish.route, headers: publish.head.headerFields, body: publish.body)
+                reply = await service.endpoint.respond(
+                    publish.route, presentedKey: RESTController.presentedKey(publish.head.headers), body: publish.body)
             }
             if let hsts = service.hsts { reply.headers[.strictTransportSecurity] = hsts }
             let answered = reply
@@ -207,17 +208,21 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private func finish(_ publish: Publish, _ reply: JSONReply) {
         service.metrics.finished(publish.route, status: reply.status, nanoseconds: Self.now() - publish.startedAt)
         guard let context else { return }
-        var headers = reply.headers
-        headers[.contentType] = "application/json; charset=utf-8"
-        let body = ByteBuffer(string: reply.body)
-        headers[.contentLength] = String(body.readableBytes)
-        headers[.date] = dateHeader()
-        let close = publish.head.headerFields[.connection]?.lowercased() == "close"
-        if close { headers[.connection] = "close" }
-        context.write(wrapOutboundOut(.head(HTTPResponse(status: reply.status, headerFields: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(body)), promise: nil)
+        var body = context.channel.allocator.buffer(capacity: reply.body.utf8.count)
+        body.writeString(reply.body)
+        let close = !publish.head.isKeepAlive
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(5 + reply.headers.count)
+        headers.add(name: "Content-Type", value: "application/json; charset=utf-8")
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        headers.add(name: "Date", value: dateHeader())
+        for field in reply.headers { headers.add(name: field.name.rawName, value: field.value) }
+        if close { headers.add(name: "Connection", value: "close") }
+        let head = HTTPResponseHead(version: .http1_1, status: .init(statusCode: reply.status.code), headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         if close {
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
             state = .idle
             return
         }

@@ -36,9 +36,10 @@ struct PublishEndpoint: Sendable {
 
     /// Answers one request. `body` is nil when it was larger than ``bodyLimit(_:)`` (checked
     /// after the credentials, as a route that reads its body after authenticating would).
-    func respond(_ route: Route, headers: HTTPFields, body: ByteBuffer?) async -> JSONReply {
+    /// `presentedKey`: the API key the request presents (``RESTController/presentedKey(_:)``).
+    func respond(_ route: Route, presentedKey: String?, body: ByteBuffer?) async -> JSONReply {
         do throws(RealtimeError) {
-            let key = try await runtime.keys.authenticate(RESTController.presentedKey(headers))
+            let key = try await runtime.keys.authenticate(presentedKey)
             guard key.scopes.contains(.publish) else { throw .scopeMissing(APIScope.publish.rawValue) }
             guard let body else { throw .tooLarge("request body too large") }
             guard body.readableBytes > 0 else { throw .badRequest("request body is empty; send a JSON object") }

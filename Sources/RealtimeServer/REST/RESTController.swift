@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import NIOHTTP1
 import RealtimeCore
 
 /// The REST API of contract section 4 and the key management of section 3.
@@ -35,6 +36,16 @@ struct RESTController: Sendable {
     /// The API key a request presents: `Authorization: Bearer <key>`, else `X-API-Key`.
     static func presentedKey(_ headers: HTTPFields) -> String? {
         headers[.authorization].flatMap(bearerToken) ?? headers[apiKeyHeader]
+    }
+
+    /// The same from HTTP/1 headers (the publish fast path's), read as `HTTPFields` reads them:
+    /// repeated fields joined with ", ".
+    static func presentedKey(_ headers: HTTPHeaders) -> String? {
+        func combined(_ name: String) -> String? {
+            let values = headers[name]
+            return values.isEmpty ? nil : values.count == 1 ? values[0] : values.joined(separator: ", ")
+        }
+        return combined("authorization").flatMap(bearerToken) ?? combined("x-api-key")
     }
 
     static let apiKeyHeader = HTTPField.Name("X-API-Key")!
@@ -249,7 +260,7 @@ struct RESTController: Sendable {
         let endpoint = PublishEndpoint(runtime: runtime)
         var body: ByteBuffer?
         do { body = try await request.body.collect(upTo: endpoint.bodyLimit(route)) } catch is NIOTooManyBytesError { body = nil }
-        return JSONResponse.make(await endpoint.respond(route, headers: request.headers, body: body))
+        return JSONResponse.make(await endpoint.respond(route, presentedKey: Self.presentedKey(request.headers), body: body))
     }
 
     // MARK: History and presence
