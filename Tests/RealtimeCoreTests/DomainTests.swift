@@ -58,6 +58,14 @@ import Testing
         for n in 0...20 { #expect(RandomID.bytes(n).count == n) }
         #expect(RandomID.hex(bytes: 6).count == 12)
         #expect(Set((0..<50).map { _ in RandomID.hex(bytes: 6) }).count == 50)
+        for n in 0...20 {
+            let text = RandomID.hex(bytes: n)
+            #expect(text.utf8.count == 2 * n && text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }, "\(text)")
+        }
+        // Every digit value turns up at both positions of a byte.
+        let many = (0..<200).map { _ in Array(RandomID.hex(bytes: 8).utf8) }
+        #expect(Set(many.flatMap { $0.enumerated().filter { $0.offset % 2 == 0 }.map(\.element) }).count == 16)
+        #expect(Set(many.flatMap { $0.enumerated().filter { $0.offset % 2 == 1 }.map(\.element) }).count == 16)
     }
 }
 

@@ -92,8 +92,20 @@ public enum RandomID {
         return out
     }
 
+    /// `n` random bytes as `2n` lowercase hex digits (one string built in place: a Redis
+    /// publish draws one as its epoch candidate).
     public static func hex(bytes n: Int) -> String {
-        bytes(n).map { b in b < 16 ? "0" + String(b, radix: 16) : String(b, radix: 16) }.joined()
+        let digits: StaticString = "0123456789abcdef"
+        let raw = bytes(n)
+        return String(unsafeUninitializedCapacity: 2 * n) { out in
+            digits.withUTF8Buffer { digit in
+                for (i, b) in raw.enumerated() {
+                    out[2 * i] = digit[Int(b >> 4)]
+                    out[2 * i + 1] = digit[Int(b & 15)]
+                }
+            }
+            return 2 * n
+        }
     }
 
     public static func base64URL(bytes n: Int) -> String {
