@@ -147,9 +147,14 @@ func withHub(pageSize: Int = 7, flushGap: TimeAmount = .milliseconds(1), _ body:
 
 /// Runs `body` with one event loop of its own, shut down afterwards (also when `body` throws).
 func withOneLoop(_ body: (any EventLoop) async throws -> Void) async throws {
-    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    try await withLoops(1) { loops in try await body(loops[0]) }
+}
+
+/// Runs `body` with `count` event loops of their own, shut down afterwards.
+func withLoops(_ count: Int, _ body: ([any EventLoop]) async throws -> Void) async throws {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: count)
     do {
-        try await body(group.next())
+        try await body(Array(group.makeIterator()))
     } catch {
         try? await group.shutdownGracefully()
         throw error
@@ -437,8 +442,11 @@ final class LoopSink: SubscriberSink {
     /// frames back to back.
     let runs = Mutex<[Int]>([])
     let malformedRuns = Atomic<Int>(0)
+    /// Where each run's bytes lie in memory.
+    let runStorage = Mutex<[UInt]>([])
     func write(_ run: WireFrameRun) -> Bool {
         runs.withLock { $0.append(run.frames.count) }
+        runStorage.withLock { $0.append(run.bytes.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }) }
         var joined = ByteBuffer()
         for f in run.frames { joined.writeImmutableBuffer(f.bytes) }
         if joined != run.bytes { malformedRuns.add(1, ordering: .relaxed) }
@@ -555,6 +563,25 @@ extension ChannelHubTests {
 }
 
 extension ChannelHubTests {
+    /// A message for subscribers on several loops is written from one buffer per loop, so no
+    /// buffer's reference count is changed by writes on different cores; the subscribers of one
+    /// loop share their loop's buffer.
+    @Test func eachLoopWritesAMessageFromABufferOfItsOwn() async throws {
+        try await withLoops(2) { loops in try await withHub { hub, broker in
+            let a = (0..<2).map { _ in LoopSink(loop: loops[0]) }
+            let b = (0..<2).map { _ in LoopSink(loop: loops[1]) }
+            for sink in a + b { _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in } }
+            // One message, so each loop's run is that one frame (several would be copied anyway).
+            _ = try await publish(broker, 0..<1)
+            try await waitUntil("the message") { (a + b).allSatisfy { $0.ids.count == 1 } }
+            let storage = (a + b).map { $0.runStorage.withLock { $0 } }
+            #expect((a + b).allSatisfy { $0.runSizes == [1] })
+            #expect(storage[0] == storage[1] && storage[2] == storage[3])
+            #expect(storage[0] != storage[2])
+            #expect((a + b).allSatisfy { $0.malformedRuns.load(ordering: .relaxed) == 0 })
+        } }
+    }
+
     /// Subscribers that resumed ahead of the node's live stream are left out of the messages
     /// they have; with the loop busy, an event queued for everyone before those messages, and a
     /// message after them, still reach every subscriber in channel order.

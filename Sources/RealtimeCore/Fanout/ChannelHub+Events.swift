@@ -142,7 +142,8 @@ extension ChannelHub {
             // Some sinks already have this message (they resumed ahead of this node).
             // Each filtered group has an outbox of its own; later frames must not join the
             // tasks already waiting, which would put them ahead of this one.
-            for group in ch.live.behind(m.id) { fanOut(frame, to: group) }
+            let behind = ch.live.behind(m.id)
+            for group in behind { fanOut(frame, to: group, acrossLoops: behind.count > 1) }
             ch.live.renewOutboxes()
             return
         }
@@ -200,18 +201,19 @@ extension ChannelHub {
             Self.deliver([frame], to: only)
             return
         }
-        for group in live.groups { fanOut(frame, to: group) }
+        for group in live.groups { fanOut(frame, to: group, acrossLoops: live.groups.count > 1) }
     }
 
     /// Writes one frame to the sinks of one loop, in a task on that loop: the group's waiting
-    /// task when it has one (``Outbox``), else a new one.
-    func fanOut(_ frame: WireFrame, to group: LiveSubscribers.Group) {
+    /// task when it has one (``Outbox``), else a new one. `acrossLoops`: other loops write the
+    /// same frame, so this loop writes a copy of its own (``WireFrameRun``).
+    func fanOut(_ frame: WireFrame, to group: LiveSubscribers.Group, acrossLoops: Bool) {
         guard let loop = group.loop, let batch = group.batch else {
             for s in group.sinks { _ = s.write(frame) }
             for s in group.sinks { s.flush() }
             return
         }
-        group.outbox.post(frame, to: group.sinks, on: loop, batch: batch)
+        group.outbox.post(frame, to: group.sinks, on: loop, batch: batch, acrossLoops: acrossLoops)
     }
 
     func flushBatch(for loop: any EventLoop) -> FlushBatch {

@@ -98,13 +98,16 @@ final class Outbox: Sendable {
     private struct Waiting {
         var frames: [WireFrame] = []
         var sinks: [any SubscriberSink] = []
+        /// Some frame is written by other loops too.
+        var acrossLoops = false
     }
 
     private let waiting = Mutex(Waiting())
 
-    func post(_ frame: WireFrame, to sinks: [any SubscriberSink], on loop: any EventLoop, batch: FlushBatch) {
+    func post(_ frame: WireFrame, to sinks: [any SubscriberSink], on loop: any EventLoop, batch: FlushBatch, acrossLoops: Bool) {
         let idle = waiting.withLock { w -> Bool in
             w.frames.append(frame)
+            w.acrossLoops = w.acrossLoops || acrossLoops
             guard w.frames.count == 1 else { return false }
             w.sinks = sinks
             return true
@@ -113,11 +116,11 @@ final class Outbox: Sendable {
     }
 
     private func write(batch: FlushBatch, on loop: any EventLoop) {
-        let (frames, sinks) = waiting.withLock { w in
+        let (frames, sinks, acrossLoops) = waiting.withLock { w in
             defer { w = Waiting() }
-            return (w.frames, w.sinks)
+            return (w.frames, w.sinks, w.acrossLoops)
         }
-        let run = WireFrameRun(frames)
+        let run = WireFrameRun(frames, ownCopy: acrossLoops)
         for s in sinks where s.write(run) { batch.dirty.append(s) }
         batch.schedule(on: loop)
     }

@@ -56,12 +56,17 @@ public struct WireFrame: Sendable {
 /// `iovec` for all of them instead of one per frame.
 public struct WireFrameRun: Sendable {
     public let frames: [WireFrame]
-    /// Every frame's bytes back to back (the frame's own bytes when there is one).
+    /// Every frame's bytes back to back (the frame's own bytes when there is one and
+    /// `ownCopy` is false).
     public let bytes: ByteBuffer
 
-    public init(_ frames: [WireFrame]) {
+    /// `ownCopy`: always copy, so that the run's buffer is this loop's alone. A frame that
+    /// several loops write is otherwise one buffer whose reference count every socket write on
+    /// every loop changes: one cache line bounced between the cores at each of a message's
+    /// thousands of writes, where a copy costs one allocation and a few hundred bytes per loop.
+    public init(_ frames: [WireFrame], ownCopy: Bool = false) {
         self.frames = frames
-        if frames.count == 1 {
+        if frames.count == 1, !ownCopy {
             bytes = frames[0].bytes
             return
         }
