@@ -254,6 +254,28 @@ import Testing
         }
     }
 
+    /// Frames delivered to subscribers are counted (per event loop, then added to the node's
+    /// counter): three subscribers, five messages each, at least 15 frames.
+    @Test func deliveredFramesAreCounted() async throws {
+        try await TestNode.with { node in
+            var sockets: [TestSocket] = []
+            for i in 0..<3 {
+                let s = try await node.connect(try await node.token(client: "d\(i)"))
+                _ = try await s.call("subscribe", #""channel":"counted""#)
+                sockets.append(s)
+            }
+            for n in 0..<5 { _ = try await node.publish("counted", data: "\(n)") }
+            for s in sockets {
+                for _ in 0..<5 { #expect(try await s.next()["type"].string == "message") }
+            }
+            try await node.eventually("the delivery count") {
+                let text = try await node.rest(.GET, "/metrics", key: "").json.string ?? ""
+                let line = text.split(separator: "\n").first { $0.hasPrefix("realtime_frames_delivered_total ") }
+                return line.flatMap { Int($0.split(separator: " ").last ?? "") }.map { $0 >= 15 } ?? false
+            }
+        }
+    }
+
     @Test func publishRateIsLimitedPerKeyWithARetryHint() async throws {
         try await TestNode.with({ $0.limits.keyPublishRate = 1 }) { node in
             var limited: TestNode.Reply?

@@ -17,6 +17,8 @@ actor WebSocketSession: SubscriberSink {
     nonisolated let runtime: GatewayRuntime
     nonisolated let writer: FrameWriter
     nonisolated let loop: any EventLoop
+    /// The delivery metric's count on this loop.
+    nonisolated let delivered: LoopTally
     /// Counted among the node's unauthenticated connections (see `ConnectionRegistry`).
     nonisolated let awaitingAuth = Atomic<Bool>(false)
     private nonisolated let slowNoted = Atomic<Bool>(false)
@@ -41,6 +43,7 @@ actor WebSocketSession: SubscriberSink {
         self.connectionID = "conn_" + RandomID.hex(bytes: 12)
         self.runtime = runtime
         self.loop = channel.eventLoop
+        self.delivered = runtime.metrics.deliveredPerLoop.tally(for: channel.eventLoop)
         self.writer = FrameWriter(budget: runtime.configuration.limits.outboundQueueBytes)
     }
 
@@ -118,7 +121,7 @@ actor WebSocketSession: SubscriberSink {
 
     nonisolated func flush() {
         let frames = writer.flush()
-        if frames > 0 { runtime.metrics.delivered.increment(by: Int64(frames)) }
+        if frames > 0 { delivered.add(frames) }
     }
 
     nonisolated func slowConsumer() {
