@@ -1,5 +1,6 @@
 import Foundation
 import RealtimeCore
+import RealtimeTestSupport
 @testable import RealtimeServer
 import Testing
 
@@ -140,6 +141,66 @@ import Testing
             try await eventually("the HTTP/1.0 answer", timeout: .seconds(20)) { !HTTPStream.parse(old.bytes).isEmpty }
             #expect(HTTPStream.parse(old.bytes).first?.status == 201)
             try await old.close()
+        }
+    }
+
+    /// Random pipelined streams (publishes good and bad, chunked, with `Expect: 100-continue`,
+    /// router requests), cut into random writes: every request gets its answer, in request
+    /// order, a `100 Continue` right before the answer of each request that asked, and the
+    /// channel's history holds exactly the good publishes, in order.
+    @Test(arguments: [false, true]) func randomPipelinedStreamsAreAnsweredInOrder(fastPath: Bool) async throws {
+        try await TestNode.with({ $0.publishFastPath = fastPath }) { node in
+            for seed in UInt64(1)...3 {
+                var rng = SeededGenerator(seed: seed)
+                let channel = "mix-\(fastPath)-\(seed)"
+                var stream = ""
+                var expected: [Int] = []
+                var published: [Int] = []
+                for i in 0..<60 {
+                    switch Int.random(in: 0..<6, using: &rng) {
+                    case 0:
+                        stream += Self.publish(channel, data: "\(i)")
+                        expected.append(201)
+                        published.append(i)
+                    case 1:
+                        stream += Self.publish(channel, data: "[1,]")  // not JSON
+                        expected.append(400)
+                    case 2:
+                        stream += Self.get(["/healthz", "/v1/realtime/channels/\(channel)/history"][i % 2])
+                        expected.append(200)
+                    case 3:
+                        stream += Self.publish(channel, data: "\(i)", extraHeaders: "Expect: 100-continue\r\n")
+                        expected += [100, 201]
+                        published.append(i)
+                    case 4:
+                        let body = #"{"channel":"\#(channel)","event":"e","data":\#(i)}"#
+                        let cut = Int.random(in: 1..<body.utf8.count, using: &rng)
+                        let parts = [String(body.prefix(cut)), String(body.dropFirst(cut))]
+                        stream += "POST /v1/realtime/publish HTTP/1.1\r\nHost: x\r\n\(Self.auth)Transfer-Encoding: chunked\r\n\r\n"
+                            + parts.map { String($0.utf8.count, radix: 16) + "\r\n" + $0 + "\r\n" }.joined() + "0\r\n\r\n"
+                        expected.append(201)
+                        published.append(i)
+                    default:
+                        stream += Self.publish(channel, data: "\(i)", key: "k_nobody.secret")
+                        expected.append(401)
+                    }
+                }
+                let peer = try await RawPeer.connect(port: node.port, path: nil)
+                var bytes = Array(stream.utf8)[...]
+                while !bytes.isEmpty {
+                    let n = min(bytes.count, Int.random(in: 1...400, using: &rng))
+                    try await peer.sendRaw(Array(bytes.prefix(n)))
+                    bytes = bytes.dropFirst(n)
+                }
+                try await eventually("\(expected.count) answers (seed \(seed))", timeout: .seconds(60)) {
+                    HTTPStream.parse(peer.bytes).count >= expected.count
+                }
+                #expect(HTTPStream.parse(peer.bytes).map(\.status) == expected, "seed \(seed)")
+                #expect(!peer.isClosed)
+                try await peer.close()
+                let h = try await node.rest(.GET, "/v1/realtime/channels/\(channel)/history?direction=forwards&limit=100")
+                #expect(h.json["messages"].array.compactMap { $0["data"].int } == published, "seed \(seed)")
+            }
         }
     }
 

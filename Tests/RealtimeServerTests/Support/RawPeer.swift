@@ -25,9 +25,12 @@ struct RawPeer {
     /// - Parameter reading: false for a peer that never reads what the server sends.
     static func connect(port: Int, path: String?, extensions: String? = nil, reading: Bool = true) async throws -> RawPeer {
         let collector = Collector()
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelOption(.autoRead, value: reading)
-            .channelOption(.socketOption(.so_rcvbuf), value: reading ? 0 : 4096)
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).channelOption(.autoRead, value: reading)
+        // A peer that never reads gets a small receive buffer, so the server's writes back up
+        // soon. (A reading peer keeps the kernel's default: SO_RCVBUF 0 means the minimum, about
+        // 2 KiB, which held pipelined answers back by delayed window updates, 200 ms a step.)
+        if !reading { bootstrap = bootstrap.channelOption(.socketOption(.so_rcvbuf), value: 4096) }
+        let channel = try await bootstrap
             .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) } }
             .connect(host: "127.0.0.1", port: port).get()
         guard let path else { return RawPeer(channel: channel, received: collector) }  // a plain TCP connection
