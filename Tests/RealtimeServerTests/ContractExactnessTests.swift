@@ -163,6 +163,47 @@ import Testing
     /// A client that never reads asks for large history replies over and over: the node stops
     /// reading its ops once its socket backs up, and closes it at its outbound budget, so the
     /// node's memory grows by about the budget, not by what was asked for (60 x 10 MB).
+    /// Clients without a valid key that send large batch bodies cannot make the node hold them:
+    /// it reads at most the single-publish limit (128 KiB) before the key is checked, then drops
+    /// the rest as it arrives. 16 connections × 6 MiB of unfinished 16 MiB bodies grow the node
+    /// by far less than the 96 MiB sent (it held them all before). A valid key's batch larger
+    /// than that limit is read whole and published; a refused one is answered 40100 at its end.
+    @Test func bodiesWithoutAValidKeyAreNotHeld() async throws {
+        let node = GatewayProcess(key: Cluster.key, nodeID: "prekey")
+        try await node.start(environment: ["REALTIME_API_KEY": Cluster.key, "REALTIME_TOKEN_SECRET": Cluster.secret])
+        func head(key: String, length: Int) -> [UInt8] {
+            Array("POST /v1/realtime/publish/batch HTTP/1.1\r\nHost: x\r\nX-API-Key: \(key)\r\nContent-Length: \(length)\r\n\r\n".utf8)
+        }
+        try await Task.sleep(for: .seconds(1), clock: .suspending)
+        let before = try #require(node.residentKilobytes)
+        var peers: [RawPeer] = []
+        for _ in 0..<16 {
+            let peer = try await RawPeer.connect(port: node.port, path: nil)
+            try await peer.sendRaw(head(key: "k_0123456789abcdef.not-a-secret", length: 16 << 20))
+            peers.append(peer)
+        }
+        let spaces = [UInt8](repeating: 0x20, count: 1 << 20)  // JSON whitespace
+        for _ in 0..<6 { for peer in peers { try await peer.sendRaw(spaces) } }
+        try await Task.sleep(for: .seconds(2), clock: .suspending)
+        let after = try #require(node.residentKilobytes)
+        #expect(after - before < 40 * 1024, "grew \(after - before) kB")
+        for peer in peers { try await peer.close() }
+
+        // A refused key's body of 1 MiB, finished: answered 40100.
+        let refused = try await RawPeer.connect(port: node.port, path: nil)
+        try await refused.sendRaw(head(key: "k_0123456789abcdef.not-a-secret", length: spaces.count) + spaces)
+        try await eventually("the refusal", timeout: .seconds(30)) { !HTTPStream.parse(refused.bytes).isEmpty }
+        #expect(HTTPStream.parse(refused.bytes).first?.json["error"]["code"].int == 40100)
+        try await refused.close()
+        // A valid key's batch of about 1 MiB: read whole (its key checked part-way) and published.
+        let blob = String(repeating: "x", count: 10_000)
+        let items = (0..<100).map { #"{"channel":"big","event":"e","data":{"i":\#($0),"b":"\#(blob)"}}"# }
+        let batch = try await node.rest(.POST, "/v1/realtime/publish/batch", #"{"messages":[\#(items.joined(separator: ","))]}"#)
+        #expect(batch.status == 200 && batch.json["results"].array.count == 100)
+        #expect(batch.json["results"].array.allSatisfy { $0["status"].string == "published" })
+        await node.terminate()
+    }
+
     @Test func aClientThatNeverReadsCannotGrowTheNodeBeyondItsBudget() async throws {
         let node = GatewayProcess(key: Cluster.key, nodeID: "budget")
         try await node.start(environment: [

@@ -40,10 +40,14 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private struct Publish {
         var head: HTTPRequestHead
         var route: PublishEndpoint.Route
-        /// Nil once the body outgrew the route's limit (the rest is read and dropped).
+        /// Nil once the body outgrew the route's limit, or the key was refused (the rest is
+        /// read and dropped).
         var body: ByteBuffer?
         var limit: Int
         var startedAt: UInt64
+        /// The key's check, once made: while the body is small it is made with the answer;
+        /// a body that grows past ``PublishEndpoint/unauthenticatedBodyLimit`` waits for it.
+        var key: Result<APIKeyAuthenticator.Authenticated, RealtimeError>?
     }
 
     private enum State {
@@ -53,6 +57,9 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         case passing
         /// A publish's body is arriving.
         case collecting(Publish)
+        /// A publish's body outgrew what is read before its key is checked: reads wait for the
+        /// check.
+        case authenticating(Publish)
         /// A publish is being answered; the requests behind it wait.
         case running
     }
@@ -115,12 +122,18 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private var isRunning: Bool { if case .running = state { true } else { false } }
+    /// A publish is being answered or its key checked: parts wait, reads are held.
+    private var isRunning: Bool {
+        switch state {
+        case .running, .authenticating: true
+        default: false
+        }
+    }
 
     /// Handles a part now, or returns false when it must wait (for earlier answers).
     private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) -> Bool {
         switch (state, part) {
-        case (.running, _):
+        case (.running, _), (.authenticating, _):
             return false
         case (.idle, .head(let head)):
             if head.method == .POST, let route = PublishEndpoint.route(path: Self.pathOnly(head.uri)) {
@@ -136,15 +149,19 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         case (.collecting(var publish), .body(let chunk)):
             state = .idle  // no copy of the buffer while it grows
             if var body = publish.body {
-                if body.readableBytes + chunk.readableBytes > publish.limit {
-                    publish.body = nil
-                } else {
+                publish.body = nil
+                if body.readableBytes + chunk.readableBytes <= publish.limit {
                     var chunk = chunk
                     body.writeBuffer(&chunk)
                     publish.body = body
                 }
             }
-            state = .collecting(publish)
+            if publish.key == nil, let body = publish.body, body.readableBytes > service.endpoint.unauthenticatedBodyLimit {
+                state = .authenticating(publish)
+                authenticate(publish, context: context)
+            } else {
+                state = .collecting(publish)
+            }
             return true
         case (.collecting(let publish), .end):
             state = .running
@@ -182,6 +199,32 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// Checks the key of a publish whose body is still arriving; reads wait meanwhile.
+    private func authenticate(_ publish: Publish, context: ChannelHandlerContext) {
+        let endpoint = service.endpoint
+        let loop = context.eventLoop
+        let handler = NIOLoopBound(self, eventLoop: loop)
+        let presented = RESTController.presentedKey(publish.head.headers)
+        Task(executorPreference: executor) {
+            let key = await endpoint.authenticate(presented)
+            if loop.inEventLoop {
+                handler.value.authenticated(key)
+            } else {
+                loop.execute { handler.value.authenticated(key) }
+            }
+        }
+    }
+
+    /// The check is in: a refused key's body is dropped as it arrives (the refusal is answered
+    /// at its end); then the waiting parts are handled and reads go on.
+    private func authenticated(_ key: Result<APIKeyAuthenticator.Authenticated, RealtimeError>) {
+        guard case .authenticating(var publish) = state, let context else { return }
+        publish.key = key
+        if case .failure = key { publish.body = nil }
+        state = .collecting(publish)
+        resume(context: context)
+    }
+
     private func start(_ publish: Publish, context: ChannelHandlerContext) {
         let service = self.service
         let channel = context.channel
@@ -192,8 +235,13 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             if service.requireClientCertificate, (try? await channel.nioSSL_peerCertificate().get()) == nil {
                 reply = JSONReply(error: .noCredentials("a client certificate signed by REALTIME_TLS_CLIENT_CA_FILE is required"))
             } else {
-                reply = await service.endpoint.respond(
-                    publish.route, presentedKey: RESTController.presentedKey(publish.head.headers), body: publish.body)
+                let key: Result<APIKeyAuthenticator.Authenticated, RealtimeError>
+                if let checked = publish.key {
+                    key = checked
+                } else {
+                    key = await service.endpoint.authenticate(RESTController.presentedKey(publish.head.headers))
+                }
+                reply = await service.endpoint.respond(publish.route, key: key, body: publish.body)
             }
             if let hsts = service.hsts { reply.headers[.strictTransportSecurity] = hsts }
             let answered = reply

@@ -34,13 +34,34 @@ struct PublishEndpoint: Sendable {
         }
     }
 
+    /// How much of a body is read before the request's key has been checked: a body that grows
+    /// past this waits until it has (``PublishFastPath``), so a client without a valid key can
+    /// make the node hold at most this much of a publish, not a whole batch
+    /// (`REALTIME_MAX_REQUEST_BYTES`).
+    var unauthenticatedBodyLimit: Int { bodyLimit(.single) }
+
+    /// The key a publish presents, with the publish scope; else the error to answer.
+    func authenticate(_ presentedKey: String?) async -> Result<APIKeyAuthenticator.Authenticated, RealtimeError> {
+        do throws(RealtimeError) {
+            let key = try await runtime.keys.authenticate(presentedKey)
+            guard key.scopes.contains(.publish) else { throw .scopeMissing(APIScope.publish.rawValue) }
+            return .success(key)
+        } catch {
+            return .failure(error)
+        }
+    }
+
     /// Answers one request. `body` is nil when it was larger than ``bodyLimit(_:)`` (checked
     /// after the credentials, as a route that reads its body after authenticating would).
     /// `presentedKey`: the API key the request presents (``RESTController/presentedKey(_:)``).
     func respond(_ route: Route, presentedKey: String?, body: ByteBuffer?) async -> JSONReply {
+        await respond(route, key: await authenticate(presentedKey), body: body)
+    }
+
+    /// Answers one request whose key has been checked (``authenticate(_:)``).
+    func respond(_ route: Route, key: Result<APIKeyAuthenticator.Authenticated, RealtimeError>, body: ByteBuffer?) async -> JSONReply {
         do throws(RealtimeError) {
-            let key = try await runtime.keys.authenticate(presentedKey)
-            guard key.scopes.contains(.publish) else { throw .scopeMissing(APIScope.publish.rawValue) }
+            let key = try key.get()
             guard let body else { throw .tooLarge("request body too large") }
             guard body.readableBytes > 0 else { throw .badRequest("request body is empty; send a JSON object") }
             let bytes = Array(body.readableBytesView)

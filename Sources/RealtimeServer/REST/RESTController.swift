@@ -258,9 +258,14 @@ struct RESTController: Sendable {
 
     private func publish(_ route: PublishEndpoint.Route, _ request: Request) async throws -> Response {
         let endpoint = PublishEndpoint(runtime: runtime)
+        // The key first: a request without a valid one is answered without its body being
+        // collected (Hummingbird then reads the rest and drops it).
+        let key = await endpoint.authenticate(Self.presentedKey(request.headers))
         var body: ByteBuffer?
-        do { body = try await request.body.collect(upTo: endpoint.bodyLimit(route)) } catch is NIOTooManyBytesError { body = nil }
-        return JSONResponse.make(await endpoint.respond(route, presentedKey: Self.presentedKey(request.headers), body: body))
+        if case .success = key {
+            do { body = try await request.body.collect(upTo: endpoint.bodyLimit(route)) } catch is NIOTooManyBytesError { body = nil }
+        }
+        return JSONResponse.make(await endpoint.respond(route, key: key, body: body))
     }
 
     // MARK: History and presence
