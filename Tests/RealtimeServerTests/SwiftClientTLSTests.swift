@@ -1,5 +1,7 @@
 import AsyncHTTPClient
 import Foundation
+import NIOCore
+import NIOPosix
 import NIOSSL
 import RealtimeClient
 import RealtimeTestSupport
@@ -50,6 +52,50 @@ import Testing
         #expect(received == (0..<40).map { RealtimeJSON.number(Double($0)) })
         await connection.close()
         try await http.shutdown()
+        await node.terminate()
+    }
+
+    /// With TLS every answer carries `Strict-Transport-Security`: a publish (fast path), a
+    /// route, errors of every kind (401, 404, 405, a publish refused on the fast path) and the
+    /// `400` for input that is not HTTP/1.1.
+    @Test func everyAnswerOverTLSCarriesStrictTransportSecurity() async throws {
+        let dir = NSTemporaryDirectory() + "rt-hsts-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await Self.makeCertificates(in: dir)
+        let node = GatewayProcess(key: Cluster.key, nodeID: "hsts")
+        try await node.start(environment: [
+            "REALTIME_API_KEY": Cluster.key, "REALTIME_TLS_CERT_FILE": dir + "/server.crt", "REALTIME_TLS_KEY_FILE": dir + "/server.key",
+        ])
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .file(dir + "/ca.crt")
+        let context = try NIOSSLContext(configuration: tls)
+        let raw: [(String, String)] = [
+            ("publish", "POST /v1/realtime/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: \(Cluster.key)\r\nContent-Length: 37\r\n\r\n"
+                + #"{"channel":"h","event":"e","data":1}"# + " "),
+            ("refused publish", "POST /v1/realtime/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"),
+            ("route", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ("401", "GET /v1/realtime/channels HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ("404", "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ("405", "GET /v1/realtime/publish HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ("malformed", "\u{1}\u{2} hello\r\n\r\n"),
+        ]
+        for (name, request) in raw {
+            let collector = RawPeer.Collector()
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: nil))
+                        try channel.pipeline.syncOperations.addHandler(collector)
+                    }
+                }
+                .connect(host: "127.0.0.1", port: node.port).get()
+            try await channel.writeAndFlush(ByteBuffer(string: request)).get()
+            try await eventually("\(name): an answer", timeout: .seconds(30)) { !HTTPStream.parse(collector.bytes.withLock { $0 }).isEmpty }
+            let answer = try #require(HTTPStream.parse(collector.bytes.withLock { $0 }).first)
+            #expect(answer.header("strict-transport-security") == "max-age=31536000", "\(name): \(answer.status)")
+            try? await channel.close()
+        }
         await node.terminate()
     }
 

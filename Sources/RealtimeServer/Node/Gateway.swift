@@ -72,8 +72,9 @@ public struct Gateway: Sendable {
         // Request metrics go to swift-metrics (the binary bootstraps it with the same registry).
         router.middlewares.add(MetricsMiddleware())
         let routes = RouteMethods()
-        router.middlewares.add(ErrorMiddleware(routes: routes))
+        // Outside the error middleware, so error answers carry its header too.
         if let tls { router.middlewares.add(TLSMiddleware(requireClientCertificate: tls.settings.clientCAFile != nil)) }
+        router.middlewares.add(ErrorMiddleware(routes: routes))
         RESTController(runtime: runtime).register(on: router)
         OperationsController(runtime: runtime).register(on: router)
         let webSocket = WebSocketController(runtime: runtime)

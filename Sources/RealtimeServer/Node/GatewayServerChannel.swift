@@ -67,7 +67,7 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
             let compressed = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
             let webSocket = self.webSocket
             let headTimeout = HeadReadTimeout(timeout: headReadTimeout)
-            let exchanges = HTTPExchanges(headTimeout, idleTimeout: idleTimeout)
+            let exchanges = HTTPExchanges(headTimeout, idleTimeout: idleTimeout, hsts: tls == nil ? nil : TLSMiddleware.hsts)
             // The HTTP-only handlers, removed when the connection becomes a WebSocket.
             let httpOnly = NIOLoopBound((headTimeout, exchanges), eventLoop: channel.eventLoop)
             try channel.pipeline.syncOperations.addHandler(headTimeout, position: .first)
@@ -130,12 +130,13 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
             case .refusedUpgrade(let http):
                 try await http.executeThenClose { _, outbound in
                     let reply = JSONReply(error: .badRequest("a WebSocket upgrade is only accepted on GET \(Self.webSocketPath)"))
-                    let head = HTTPResponse(
+                    var head = HTTPResponse(
                         status: .badRequest,
                         headerFields: [
                             .connection: "close", .contentType: "application/json; charset=utf-8",
                             .contentLength: String(reply.body.utf8.count),
                         ])
+                    if tls != nil { head.headerFields[.strictTransportSecurity] = TLSMiddleware.hsts }
                     try await outbound.write(contentsOf: [.head(head), .body(ByteBuffer(string: reply.body)), .end(nil)])
                 }
             case .webSocket:

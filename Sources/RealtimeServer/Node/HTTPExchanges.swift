@@ -63,9 +63,13 @@ final class HTTPExchanges: ChannelDuplexHandler, RemovableChannelHandler {
         headers: [("Sec-WebSocket-Version", "13")]
     )
 
-    init(_ timeout: HeadReadTimeout, idleTimeout: TimeAmount) {
+    /// With TLS: the `Strict-Transport-Security` value every answer carries.
+    let hsts: String?
+
+    init(_ timeout: HeadReadTimeout, idleTimeout: TimeAmount, hsts: String? = nil) {
         self.timeout = timeout
         self.idleTimeout = idleTimeout
+        self.hsts = hsts
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -174,11 +178,12 @@ final class HTTPExchanges: ChannelDuplexHandler, RemovableChannelHandler {
             let reply = JSONReply(error: answer.error)
             var buffer = context.channel.allocator.buffer(capacity: reply.body.utf8.count)
             buffer.writeString(reply.body)
-            let headers = HTTPHeaders(
+            var headers = HTTPHeaders(
                 [
                     ("Content-Type", "application/json; charset=utf-8"), ("Content-Length", String(buffer.readableBytes)),
                     ("Date", PublishFastPath.httpDate(time(nil))), ("Connection", "close"),
                 ] + answer.headers)
+            if let hsts { headers.add(name: "Strict-Transport-Security", value: hsts) }
             let head = HTTPResponseHead(version: .http1_1, status: .init(statusCode: reply.status.code), headers: headers)
             context.write(wrapOutboundOut(.head(head)), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)

@@ -231,7 +231,7 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         let loop = context.eventLoop
         let handler = NIOLoopBound(self, eventLoop: loop)
         Task(executorPreference: executor) {
-            var reply: JSONReply
+            let reply: JSONReply
             if service.requireClientCertificate, (try? await channel.nioSSL_peerCertificate().get()) == nil {
                 reply = JSONReply(error: .noCredentials("a client certificate signed by REALTIME_TLS_CLIENT_CA_FILE is required"))
             } else {
@@ -243,7 +243,6 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
                 }
                 reply = await service.endpoint.respond(publish.route, key: key, body: publish.body)
             }
-            if let hsts = service.hsts { reply.headers[.strictTransportSecurity] = hsts }
             let answered = reply
             if loop.inEventLoop {
                 handler.value.finish(publish, answered)
@@ -265,6 +264,7 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         headers.add(name: "Content-Length", value: String(body.readableBytes))
         headers.add(name: "Date", value: dateHeader())
         for field in reply.headers { headers.add(name: field.name.rawName, value: field.value) }
+        if let hsts = service.hsts { headers.add(name: "Strict-Transport-Security", value: hsts) }
         if close { headers.add(name: "Connection", value: "close") }
         let head = HTTPResponseHead(version: .http1_1, status: .init(statusCode: reply.status.code), headers: headers)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
