@@ -206,6 +206,18 @@ func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: ()
         }
     }
 
+    /// A resume's replay reaches the subscriber as one run (one write to its socket), in order.
+    @Test func aReplayGoesOutAsOneRun() async throws {
+        try await withOneLoop { loop in try await withHub { hub, broker in
+            let published = try await publish(broker, 0..<6)
+            let sink = LoopSink(loop: loop)
+            _ = try await hub.subscribe(ch, sink: sink, since: published[0]) { _ in }
+            try await waitUntil("the replay") { sink.ids.count == 5 }
+            #expect(sink.ids == published.dropFirst().map(\.description))
+            #expect(sink.runSizes == [5] && sink.malformedRuns.load(ordering: .relaxed) == 0)
+        } }
+    }
+
     @Test func encodesOnceAndDeliversTheSameBytesToEverySubscriber() async throws {
         try await withHub { hub, broker in
             let sinks = (0..<3).map { _ in RecordingSink() }

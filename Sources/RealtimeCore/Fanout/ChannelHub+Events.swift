@@ -175,16 +175,18 @@ extension ChannelHub {
         markCountDirty(channel)
     }
 
-    /// Writes frames to one sink on its loop, then flushes.
+    /// Writes frames to one sink on its loop, as one run (a resume's replay reaches the socket
+    /// as one write, not one per message), then flushes.
     static func deliver(_ frames: [WireFrame], to sink: any SubscriberSink) {
         guard !frames.isEmpty else { return }
+        let run = WireFrameRun(frames)
         guard let loop = sink.eventLoop else {
-            for f in frames { _ = sink.write(f) }
+            _ = sink.write(run)
             sink.flush()
             return
         }
         loop.execute {
-            for f in frames { _ = sink.write(f) }
+            _ = sink.write(run)
             sink.flush()
         }
     }
