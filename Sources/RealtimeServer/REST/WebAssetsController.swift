@@ -7,10 +7,15 @@ struct WebAssetsController: Sendable {
     struct Asset: Sendable {
         let body: ByteBuffer
         let contentType: String
+        /// Loadable by a page of any origin. A browser fetches a module script
+        /// (`<script type="module" src>`, `import()`) in CORS mode, so a web app on its own
+        /// origin can load the client from a node only with `Access-Control-Allow-Origin`.
+        /// The client carries no secret; the console page is not shared.
+        var anyOrigin = false
     }
 
-    static let clientJS = Asset(body: ByteBuffer(bytes: PackageResources.client_js), contentType: "text/javascript; charset=utf-8")
-    static let clientTypes = Asset(body: ByteBuffer(bytes: PackageResources.client_d_ts), contentType: "application/typescript; charset=utf-8")
+    static let clientJS = Asset(body: ByteBuffer(bytes: PackageResources.client_js), contentType: "text/javascript; charset=utf-8", anyOrigin: true)
+    static let clientTypes = Asset(body: ByteBuffer(bytes: PackageResources.client_d_ts), contentType: "application/typescript; charset=utf-8", anyOrigin: true)
     static let console = Asset(body: ByteBuffer(bytes: PackageResources.console_html), contentType: "text/html; charset=utf-8")
 
     func register(on router: Router<GatewayRequestContext>) {
@@ -23,6 +28,7 @@ struct WebAssetsController: Sendable {
         var headers = HTTPFields()
         headers[.contentType] = asset.contentType
         headers[.cacheControl] = "no-cache"
+        if asset.anyOrigin { headers[.accessControlAllowOrigin] = "*" }
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: asset.body))
     }
 }

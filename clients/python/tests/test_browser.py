@@ -3,6 +3,7 @@ protocol: a real page connects with a minted token, receives a published message
 presence member, and reconnects after the node it is connected to restarts."""
 import base64
 import hashlib
+import http.server
 import json
 import os
 import shutil
@@ -139,6 +140,58 @@ def test_the_client_module_and_its_types_are_served(gateway):
     assert "export class RealtimeClient" in body and "export class RealtimeChannel" in body
     types = urllib.request.urlopen(gateway + "/v1/realtime/client.d.ts").read().decode()
     assert "enterPresence(data?: unknown)" in types
+    # Any origin may load the client (it holds no secret); the console page stays the node's.
+    assert js.headers["Access-Control-Allow-Origin"] == "*"
+    assert urllib.request.urlopen(gateway + "/console").headers["Access-Control-Allow-Origin"] is None
+
+
+class OtherOrigin:
+    """A web app's own server: one page on a port (so an origin) other than the node's."""
+
+    def __init__(self):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = b"<!doctype html><title>app</title><p>an app of its own origin</p>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_page_of_another_origin_loads_the_client_from_a_node_and_receives_messages(gateway):
+    rest = Realtime(url=gateway, api_key=KEY)
+    token = rest.token.issue(client_id="elsewhere", channels=["cross-origin"])["token"]
+    app = OtherOrigin()
+    page = Page(app.url)
+    try:
+        page.wait_loaded()
+        assert page.evaluate("location.origin") != gateway.rstrip("/")
+        page.evaluate(f"""(async () => {{
+            const {{ RealtimeClient }} = await import({json.dumps(gateway + "/v1/realtime/client.js")});
+            window.got = [];
+            const client = new RealtimeClient({{ token: {json.dumps(token)},
+                                                 url: {json.dumps(gateway.replace("http", "ws", 1) + "/v1/realtime/ws")} }});
+            const channel = client.channel('cross-origin');
+            channel.on('message', (m) => window.got.push(m.data.text));
+            await channel.subscribe();
+        }})()""")
+        rest.publish("cross-origin", "greeting", {"text": "across origins"})
+        page.wait_for("window.got.includes('across origins')")
+    finally:
+        page.close()
+        app.close()
 
 
 def test_a_page_survives_a_node_restart_without_losing_a_message(redis_cluster):
