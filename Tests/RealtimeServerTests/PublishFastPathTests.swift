@@ -204,6 +204,28 @@ import Testing
         }
     }
 
+    /// A client that sends its requests and then ends its side of the connection (a half-close)
+    /// still gets every answer, in order, and then the node closes: the end of the input waits
+    /// behind a publish that is still running (on Redis, a round trip long).
+    @Test(arguments: [false, true]) func aClientThatEndsItsInputAfterItsRequestsGetsEveryAnswer(redis: Bool) async throws {
+        try await Self.onNode(redis: redis) { node in
+            let key = node.key
+            for round in 0..<12 {
+                let channel = "half-\(redis)-\(round)"
+                let (requests, expected): ([String], [Int]) = switch round % 3 {
+                case 0: ([Self.publish(channel, data: "1", key: key)], [201])
+                case 1: ([Self.get("/healthz", key: key), Self.publish(channel, data: "1", key: key)], [200, 201])
+                default: ([Self.publish(channel, data: "1", key: key), Self.get("/healthz", key: key), Self.publish(channel, data: "2", key: key)], [201, 200, 201])
+                }
+                let peer = try await RawPeer.connect(port: node.port, path: nil)
+                try await peer.sendRaw(Array(requests.joined().utf8))
+                try await peer.closeOutput()
+                try await eventually("the node closes after its answers (round \(round))", timeout: .seconds(20)) { peer.isClosed }
+                #expect(HTTPStream.parse(peer.bytes).map(\.status) == expected, "round \(round)")
+            }
+        }
+    }
+
     /// A client that sends publishes and hangs up before the answers: each publish is applied
     /// once, and the node serves on.
     @Test func publishesAbandonedMidFlightAreAppliedOnceAndTheNodeServesOn() async throws {

@@ -16,8 +16,11 @@ import Synchronization
 ///
 /// Responses leave in request order however requests are mixed on a pipelined HTTP/1.1
 /// connection: a publish waits until every request handed to the router before it has been
-/// answered, and while a publish runs, the requests behind it wait here (reads are held, so
-/// what waits is at most one read's worth).
+/// answered, and while a publish runs, the requests behind it wait here. Reads go on while a
+/// publish runs and nothing waits (holding them would take the socket out of the poller's
+/// read set and put it back, two `epoll_ctl` calls per request), and stop once something
+/// waits, so what waits is at most two reads' worth. The end of the input waits with them:
+/// it is passed on only once every request before it has been handled.
 ///
 /// The publish runs as a task whose executor is this connection's event loop, so it starts,
 /// suspends on the engine and resumes on the loop that then writes the response (through the
@@ -73,6 +76,9 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private var waiting = CircularBuffer<HTTPServerRequestPart>()
     /// A read asked for while requests wait; issued once they are all handled.
     private var readHeld = false
+    /// The peer ended its input while requests were waiting or a publish ran: passed on (to
+    /// the router, which then ends the connection) once they are handled.
+    private var inputClosedHeld = false
     private var context: ChannelHandlerContext?
     /// The input broke inside a request still waiting here (``HTTPExchanges`` passes the
     /// decoder's error on only then); handled once the parts before it are.
@@ -109,7 +115,15 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if waiting.isEmpty, !isRunning { context.read() } else { readHeld = true }
+        if waiting.isEmpty, !isAuthenticating { context.read() } else { readHeld = true }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed, !waiting.isEmpty || isRunning {
+            inputClosedHeld = true
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -128,6 +142,11 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         case .running, .authenticating: true
         default: false
         }
+    }
+
+    /// A publish body is arriving while its key is checked: reads wait for the check.
+    private var isAuthenticating: Bool {
+        if case .authenticating = state { true } else { false }
     }
 
     /// Handles a part now, or returns false when it must wait (for earlier answers).
@@ -193,7 +212,11 @@ final class PublishFastPath: ChannelDuplexHandler, RemovableChannelHandler {
             brokenInput = nil
             inputBroke(error, context: context)
         }
-        if waiting.isEmpty, !isRunning, readHeld {
+        if waiting.isEmpty, !isRunning, inputClosedHeld {
+            inputClosedHeld = false
+            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        }
+        if waiting.isEmpty, !isAuthenticating, readHeld {
             readHeld = false
             context.read()
         }

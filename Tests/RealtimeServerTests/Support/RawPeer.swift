@@ -47,6 +47,9 @@ struct RawPeer {
 
     var isClosed: Bool { received.closed.load(ordering: .relaxed) }
 
+    /// Ends this side's output (a half-close: the peer reads on).
+    func closeOutput() async throws { try await channel.close(mode: .output).get() }
+
     /// HTTP responses received so far on a plain connection (status lines counted).
     var answers: Int {
         let text = String(decoding: received.bytes.withLock { $0 }, as: UTF8.self)
