@@ -157,7 +157,7 @@ extension RedisEngine: Broker {
                 arguments: [
                     request.event, request.data, request.clientID ?? "", String(max(defaults.historySize, 0)),
                     String(max(defaults.historyTTLSeconds, 1) * 1000), window, keys.pubsub(c), String(clock.nowMilliseconds()),
-                    RandomID.hex(bytes: 6),
+                    RandomID.uniqueHex(bytes: 6),
                 ],
                 then: { reply in
                     // `durability: replicated`: acknowledged once a replica has it too.

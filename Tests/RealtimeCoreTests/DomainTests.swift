@@ -67,6 +67,23 @@ import Testing
         #expect(Set(many.flatMap { $0.enumerated().filter { $0.offset % 2 == 0 }.map(\.element) }).count == 16)
         #expect(Set(many.flatMap { $0.enumerated().filter { $0.offset % 2 == 1 }.map(\.element) }).count == 16)
     }
+
+    /// Epoch candidates: never the same twice in a process, from several threads at once, and
+    /// spread over every digit at every position.
+    @Test func uniqueHexNeverRepeatsInAProcess() async {
+        for n in 1...8 {
+            let text = RandomID.uniqueHex(bytes: n)
+            #expect(text.utf8.count == 2 * n && text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }, "\(text)")
+        }
+        let drawn = await withTaskGroup(of: [String].self) { group in
+            for _ in 0..<4 { group.addTask { (0..<25_000).map { _ in RandomID.uniqueHex(bytes: 6) } } }
+            return await group.reduce(into: []) { $0 += $1 }
+        }
+        #expect(drawn.count == 100_000 && Set(drawn).count == 100_000)
+        for position in 0..<12 {
+            #expect(Set(drawn.prefix(1000).map { Array($0.utf8)[position] }).count == 16, "digit \(position)")
+        }
+    }
 }
 
 @Suite struct MessageIDTests {

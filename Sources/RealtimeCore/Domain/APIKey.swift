@@ -1,4 +1,5 @@
 import Crypto
+import Synchronization
 
 /// A scope an API key may hold (contract section 3).
 public enum APIScope: String, Sendable, Codable, CaseIterable {
@@ -92,14 +93,40 @@ public enum RandomID {
         return out
     }
 
-    /// `n` random bytes as `2n` lowercase hex digits (one string built in place: a Redis
-    /// publish draws one as its epoch candidate).
+    /// `n` random bytes as `2n` lowercase hex digits.
     public static func hex(bytes n: Int) -> String {
-        let digits: StaticString = "0123456789abcdef"
         let raw = bytes(n)
+        return hexDigits(n) { raw[$0] }
+    }
+
+    /// `2n` lowercase hex digits (`n` at most 8) that repeat no more often than random ones: a
+    /// SplitMix64 step (a bijection of 64 bits) over a counter that starts at a random point,
+    /// so with `n` = 8 no two calls in a process return the same, and shorter ones or other
+    /// processes coincide only by chance (1 in 2^(8n) per pair). No system call: for
+    /// identifiers that must differ, not be secret. A Redis publish draws one per message as
+    /// its channel's epoch candidate (with ``hex(bytes:)`` that was a `getrandom` call each).
+    public static func uniqueHex(bytes n: Int) -> String {
+        precondition(n <= 8)
+        var z = sequenceStart &+ sequence.wrappingAdd(1, ordering: .relaxed).oldValue &* 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        z ^= z >> 31
+        return hexDigits(n) { UInt8(truncatingIfNeeded: z >> (8 * UInt64($0))) }
+    }
+
+    private static let sequenceStart: UInt64 = {
+        var rng = SystemRandomNumberGenerator()
+        return rng.next()
+    }()
+    private static let sequence = Atomic<UInt64>(0)
+
+    /// One string built in place from `n` bytes.
+    private static func hexDigits(_ n: Int, byte: (Int) -> UInt8) -> String {
+        let digits: StaticString = "0123456789abcdef"
         return String(unsafeUninitializedCapacity: 2 * n) { out in
             digits.withUTF8Buffer { digit in
-                for (i, b) in raw.enumerated() {
+                for i in 0..<n {
+                    let b = byte(i)
                     out[2 * i] = digit[Int(b >> 4)]
                     out[2 * i + 1] = digit[Int(b & 15)]
                 }
