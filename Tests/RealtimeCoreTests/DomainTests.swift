@@ -195,6 +195,7 @@ import Testing
         #expect(APIKeyMaterial.keyID(of: key) == id)
         #expect(APIKeyMaterial.matches(key, hash: APIKeyMaterial.hash(key)))
         #expect(!APIKeyMaterial.matches(key + "x", hash: APIKeyMaterial.hash(key)))
+        #expect(!APIKeyMaterial.sameHash(APIKeyMaterial.hash(key), String(APIKeyMaterial.hash(key).dropLast())))
         #expect(!APIKeyMaterial.hash(key).contains(key))
         // Stored hashes (in Redis) are lowercase hex SHA-256: the format must never change.
         #expect(APIKeyMaterial.hash("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")

@@ -66,12 +66,21 @@ public enum APIKeyMaterial {
 
     /// Compares a presented key with a stored hash in time independent of where they differ.
     public static func matches(_ key: String, hash stored: String) -> Bool {
-        let computed = Array(hash(key).utf8)
-        let expected = Array(stored.utf8)
-        guard computed.count == expected.count else { return false }
-        var diff: UInt8 = 0
-        for i in 0..<computed.count { diff |= computed[i] ^ expected[i] }
-        return diff == 0
+        sameHash(hash(key), stored)
+    }
+
+    /// Compares two hashes in time independent of where they differ (a key checked against
+    /// several stored hashes is hashed once).
+    public static func sameHash(_ a: String, _ b: String) -> Bool {
+        var a = a, b = b
+        return a.withUTF8 { x in
+            b.withUTF8 { y in
+                guard x.count == y.count else { return false }
+                var diff: UInt8 = 0
+                for i in 0..<x.count { diff |= x[i] ^ y[i] }
+                return diff == 0
+            }
+        }
     }
 }
 

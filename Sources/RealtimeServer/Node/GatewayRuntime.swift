@@ -95,15 +95,18 @@ struct APIKeyAuthenticator: Sendable {
         var scopes: Set<APIScope>
     }
 
+    private static let allScopes = Set(APIScope.allCases)
+
     func authenticate(_ presented: String?) async throws(RealtimeError) -> Authenticated {
         guard let presented, !presented.isEmpty else { throw .noCredentials("missing API key: send Authorization: Bearer <key> or X-API-Key") }
-        if APIKeyMaterial.matches(presented, hash: bootstrapHash) {
-            return Authenticated(keyID: APIKeyMaterial.bootstrapKeyID, scopes: Set(APIScope.allCases))
+        let presentedHash = APIKeyMaterial.hash(presented)
+        if APIKeyMaterial.sameHash(presentedHash, bootstrapHash) {
+            return Authenticated(keyID: APIKeyMaterial.bootstrapKeyID, scopes: Self.allScopes)
         }
         guard let keyID = APIKeyMaterial.keyID(of: presented) else { throw .noCredentials("unknown API key") }
         let record: APIKeyRecord?
         do { record = try await engine.keys.key(id: keyID) } catch { throw GatewayRuntime.engineError(error) }
-        guard let record, !record.revoked, APIKeyMaterial.matches(presented, hash: record.secretHash) else {
+        guard let record, !record.revoked, APIKeyMaterial.sameHash(presentedHash, record.secretHash) else {
             throw .noCredentials("unknown API key")
         }
         return Authenticated(keyID: record.keyID, scopes: Set(record.scopes))
