@@ -84,6 +84,36 @@ import Testing
         }
     }
 
+    /// A browser's upgrade request with cookies arrives in several reads; the node then drops
+    /// the receive buffers the handshake left behind. Ops sent in the same write as the request
+    /// are still all answered, in order.
+    @Test func aLongUpgradeRequestWithOpsBehindItInOneWriteIsAnsweredInFull() async throws {
+        try await TestNode.with({ $0.timing.heartbeatSeconds = 5 }) { node in
+            let peer = try await RawPeer.connect(port: node.port, path: nil)
+            var bytes = ByteBuffer(
+                string: "GET /v1/realtime/ws?token=\(try await node.token()) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                    + "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                    + "Cookie: session=\(String(repeating: "c", count: 6000))\r\n\r\n")
+            var frames = RawPeer.textFrames((0..<500).map { #"{"op":"ping","ref":\#($0)}"# })
+            bytes.writeBuffer(&frames)
+            try await peer.sendRaw(Array(bytes.readableBytesView))
+            try await node.eventually("500 pongs") {
+                RawPeer.parse(peer.received.bytes.withLock { $0 }).texts.filter { $0.contains("pong") }.count == 500
+            }
+            let texts = RawPeer.parse(peer.received.bytes.withLock { $0 }).texts
+            #expect(texts.first?.contains("\"connected\"") == true)
+            #expect(texts.compactMap { JSONParser.parse(Array($0.utf8))?["ref"].int } == Array(0..<500))
+            // A heartbeat (its ping) drops spare buffers again; the connection reads on.
+            let ping = try #require(try await peer.frame(opcode: 0x9))
+            try await peer.sendFrame(opcode: 0xA, payload: ping)
+            try await peer.sendTexts([#"{"op":"ping","ref":"after"}"#])
+            try await node.eventually("the later op is answered") {
+                RawPeer.parse(peer.received.bytes.withLock { $0 }).texts.contains { $0.contains("\"ref\":\"after\"") }
+            }
+            try await peer.close()
+        }
+    }
+
     @Test func compressedDataThatDoesNotInflateClosesWith1007() async throws {
         try await TestNode.with { node in
             let path = "/v1/realtime/ws?token=" + (try await node.token())

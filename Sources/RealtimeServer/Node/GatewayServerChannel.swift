@@ -28,6 +28,22 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
 
     static let webSocketPath = "/v1/realtime/ws"
     static let receiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
+    /// An upgraded connection's reads grow to at most one TLS record: NIO grows a pooled
+    /// buffer in place and never shrinks it, so one large frame would otherwise keep 64 KiB for
+    /// the connection's life.
+    static let webSocketReceiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 16_384)
+
+    /// Drops the receive buffers NIO keeps for `channel` beyond the first. NIO pools up to
+    /// `maxMessagesPerRead` of them for the channel's life and never shrinks the pool; a
+    /// request head that arrives in two reads (a browser's, with cookies and a token) leaves a
+    /// second, larger buffer behind, about 1.3 KiB per idle WebSocket. Lowering the pool's
+    /// capacity to one drops the others; the next reads allocate again only when they need to.
+    /// Call on the channel's event loop.
+    static func dropSpareReceiveBuffers(of channel: any Channel) {
+        guard let options = channel.syncOptions, let reads = try? options.getOption(ChannelOptions.maxMessagesPerRead), reads > 1 else { return }
+        try? options.setOption(ChannelOptions.maxMessagesPerRead, value: 1)
+        try? options.setOption(ChannelOptions.maxMessagesPerRead, value: reads)
+    }
 
     let responder: HTTPChannelHandler.Responder
     let webSocket: WebSocketController

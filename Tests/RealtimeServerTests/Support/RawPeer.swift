@@ -57,7 +57,10 @@ struct RawPeer {
     }
 
     /// Sends text frames in one write, so they reach the server together.
-    func sendTexts(_ texts: [String]) async throws {
+    func sendTexts(_ texts: [String]) async throws { try await channel.writeAndFlush(Self.textFrames(texts)).get() }
+
+    /// Masked (with a zero key) text frames of under 126 bytes each, back to back.
+    static func textFrames(_ texts: [String]) -> ByteBuffer {
         var frames = ByteBuffer()
         for text in texts {
             let payload = Array(text.utf8)
@@ -67,7 +70,7 @@ struct RawPeer {
             frames.writeBytes([0, 0, 0, 0])  // a zero mask leaves the payload as is
             frames.writeBytes(payload)
         }
-        try await channel.writeAndFlush(frames).get()
+        return frames
     }
 
     /// Sends one frame, masked with a non-zero key as a browser would.
