@@ -242,6 +242,11 @@ def targets(rows):
                 ok = r["kib_per_connection"] <= 8 and r["failed"] == 0 and r["connected"] == r["connections"]
                 row(f"{case}: ≤ 8 KiB per idle WebSocket, all held by one node ({NAMES[s]})",
                     f"{r['kib_per_connection']} KiB, {fmt(r['connected'])}/{fmt(r['connections'])} held", ok)
+    for case in ("idle-10k", "idle-10k-browser"):
+        for s in ("memory", "redis"):
+            for r in pick(rows, case, s):
+                row(f"{case}: ≤ 6 KiB per idle connection (issue 15) ({NAMES[s]})", f"{r['kib_per_connection']} KiB",
+                    r["kib_per_connection"] <= 6 and r["failed"] == 0)
     for s in ("memory", "redis"):
         for r in pick(rows, "storm", s):
             ok = r["seconds"] <= 5 and r["caught_up"] == r["clients"] and r["resumed_false"] == 0
@@ -342,6 +347,8 @@ def main():
         ("publish-100", "REST publish throughput, 100 channels × 1 subscriber (64 connections, flat out)", lambda r, c: publish_table(r, c)),
         ("publish-wrk", "REST publish throughput with wrk (1 thread, 16 keep-alive connections, no pipelining, 10 s)", wrk_table),
         ("idle-10k", "Idle connections: 10,000", lambda r, c: idle_table(r, c)),
+        ("idle-10k-browser", "Idle connections: 10,000 with browser-sized upgrade requests (600 bytes of cookies, about 1 KiB each)",
+         lambda r, c: idle_table(r, c)),
         ("idle-19k", "Idle connections: 19,000 (one node process, fd limit 20,000)", lambda r, c: idle_table(r, c)),
     ]
     for case, title, table in sections:

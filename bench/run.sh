@@ -15,7 +15,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-SCENARIOS=${*:-"fanout-1k fanout-10k latency publish publish-100 publish-wrk channels-10k idle-10k idle-19k storm"}
+SCENARIOS=${*:-"fanout-1k fanout-10k latency publish publish-100 publish-wrk channels-10k idle-10k idle-10k-browser idle-19k storm"}
 SYSTEMS=${BENCH_SYSTEMS:-"memory redis nchan"}
 RESULTS=${BENCH_RESULTS:-$ROOT/bench/results/latest.jsonl}
 STEP_SECONDS=${BENCH_STEP_SECONDS:-5}
@@ -84,6 +84,8 @@ for scenario in $SCENARIOS; do
         channels-10k) bench "$system" "$scenario" fanout --subscribers 10000 --channels 10000 --seconds "$STEP_SECONDS" \
                          --rates 2000,5000,10000,20000,40000 --connections 32 --workers 2 ;;
         idle-10k)    bench "$system" "$scenario" idle --connections 10000 --channels 100 $(pid_args) ;;
+        idle-10k-browser) # a browser's upgrade request with cookies: about 1 KiB instead of 429 bytes
+                     bench "$system" "$scenario" idle --connections 10000 --channels 100 --upgrade-cookie-bytes 600 $(pid_args) ;;
         idle-19k)    bench "$system" "$scenario" idle --connections 19000 --channels 100 --workers 3 $(pid_args) ;;
         storm)       bench "$system" "$scenario" storm --clients 10000 --channels 100 --messages 20 --workers 2 ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;

@@ -41,6 +41,8 @@ struct Target: ParsableArguments {
     var label = ""
     @Option(help: "PEM CA file to trust for wss:// and https:// URLs (default: the system's roots).")
     var tlsCAFile: String?
+    @Option(help: "Bytes of Cookie header in each subscriber's upgrade request, as a browser's request carries (0: none).")
+    var upgradeCookieBytes = 0
 
     var channelNames: [String] { (0..<channels).map { "\(channelPrefix)-\($0)" } }
 
@@ -79,7 +81,8 @@ struct Target: ParsableArguments {
     }
 
     func subscriberConfig(url: String) -> SubscriberConfig {
-        SubscriberConfig(wire: wire, url: url, channels: channelNames, offset: 0, count: 0, threads: threads, tlsCAFile: tlsCAFile)
+        SubscriberConfig(
+            wire: wire, url: url, channels: channelNames, offset: 0, count: 0, threads: threads, tlsCAFile: tlsCAFile, upgradeCookieBytes: upgradeCookieBytes)
     }
 
     func plan(rate: Double?, seconds: Double, connections: Int, padding: Int = 0) -> PublishPlan {

@@ -29,6 +29,8 @@ struct SubscriberConfig: Codable {
     var threads: Int = 1
     /// PEM CA to trust for `wss://` (nil: the system's roots).
     var tlsCAFile: String?
+    /// Bytes of `Cookie` header added to each upgrade request (a browser's carries cookies).
+    var upgradeCookieBytes = 0
 }
 
 /// Parsed `ws://host:port/path?query` (or `wss://`, `http://`, `https://`).
@@ -106,15 +108,18 @@ private final class UpgradeRequester: ChannelInboundHandler, RemovableChannelHan
     typealias OutboundOut = HTTPClientRequestPart
     let host: String
     let uri: String
+    let cookieBytes: Int
 
-    init(host: String, uri: String) {
+    init(host: String, uri: String, cookieBytes: Int) {
         self.host = host
         self.uri = uri
+        self.cookieBytes = cookieBytes
     }
 
     func channelActive(context: ChannelHandlerContext) {
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: host)
+        if cookieBytes > 0 { headers.add(name: "Cookie", value: "session=" + String(repeating: "c", count: max(1, cookieBytes - 16))) }
         headers.add(name: "Content-Length", value: "0")
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: uri, headers: headers)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
@@ -291,6 +296,7 @@ final class SubscriberPool: @unchecked Sendable {
             let wire = self.config.wire
             let tls = self.tls
             let target = self.target
+            let cookieBytes = self.config.upgradeCookieBytes
             let timeout = loop.scheduleTask(in: .seconds(30)) { promise.fail(BenchError("connect timeout")) }
             ClientBootstrap(group: loop)
                 .channelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -308,7 +314,7 @@ final class SubscriberPool: @unchecked Sendable {
                             leftOverBytesStrategy: .forwardBytes,
                             withClientUpgrade: (upgraders: [upgrader], completionHandler: { _ in })
                         )
-                        try channel.pipeline.syncOperations.addHandler(UpgradeRequester(host: host, uri: uri))
+                        try channel.pipeline.syncOperations.addHandler(UpgradeRequester(host: host, uri: uri, cookieBytes: cookieBytes))
                     }
                 }
                 .connect(to: self.server)
