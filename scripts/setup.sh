@@ -5,10 +5,11 @@ set -euo pipefail
 need=()
 pkgs=(libhiredis-dev redis-server redis-tools pkg-config nginx docker-compose curl openssl)
 # Optional groups, named in SETUP_GROUPS: `bench` adds Nchan (the benchmark's comparison
-# point); `clients` adds Chromium and pip for the browser and Python client tests.
+# point), wrk (the publish-wrk scenario) and perf (bench/profile.sh); `clients` adds Chromium
+# and pip for the browser and Python client tests.
 for group in ${SETUP_GROUPS:-}; do
   case $group in
-    bench) pkgs+=(libnginx-mod-nchan python3) ;;
+    bench) pkgs+=(libnginx-mod-nchan python3 wrk linux-perf) ;;
     # Node (18+, Debian's nodejs) runs the Node client's tests; a node already on PATH will do.
     clients) pkgs+=(chromium python3 python3-venv); command -v node >/dev/null 2>&1 || pkgs+=(nodejs) ;;
     *) echo "setup: unknown group $group" >&2; exit 2 ;;
