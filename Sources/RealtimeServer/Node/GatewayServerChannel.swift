@@ -33,18 +33,6 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
     /// the connection's life.
     static let webSocketReceiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 16_384)
 
-    /// Drops the receive buffers NIO keeps for `channel` beyond the first. NIO pools up to
-    /// `maxMessagesPerRead` of them for the channel's life and never shrinks the pool; a
-    /// request head that arrives in two reads (a browser's, with cookies and a token) leaves a
-    /// second, larger buffer behind, about 1.3 KiB per idle WebSocket. Lowering the pool's
-    /// capacity to one drops the others; the next reads allocate again only when they need to.
-    /// Call on the channel's event loop.
-    static func dropSpareReceiveBuffers(of channel: any Channel) {
-        guard let options = channel.syncOptions, let reads = try? options.getOption(ChannelOptions.maxMessagesPerRead), reads > 1 else { return }
-        try? options.setOption(ChannelOptions.maxMessagesPerRead, value: 1)
-        try? options.setOption(ChannelOptions.maxMessagesPerRead, value: reads)
-    }
-
     let responder: HTTPChannelHandler.Responder
     let webSocket: WebSocketController
     /// Every request head must arrive within this once its first byte did (the first request's
@@ -78,6 +66,14 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
             // The channel keeps its receive buffer between reads; NIO's default starts it at
             // 2 KiB, a quarter of an idle WebSocket's budget. Reads that fill it grow it.
             try channel.syncOptions?.setOption(ChannelOptions.recvAllocator, value: Self.receiveBuffers)
+            // One read per readiness event (the poller is level-triggered, so what is left is
+            // read on the next turn). NIO pools as many read buffers per channel as it may read
+            // in a row, keeps them for the channel's life and never shrinks one: with its default
+            // of four, a request head that arrived in two reads (a browser's, with cookies and a
+            // token) left a second buffer and the pool's array behind, 1.3 KiB per idle
+            // WebSocket. With one, the channel keeps a single buffer; a read while a decoder still
+            // holds it takes a buffer of its own, freed after use.
+            try channel.syncOptions?.setOption(ChannelOptions.maxMessagesPerRead, value: 1)
             let attempted = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
             // Negotiated in `shouldUpgrade`, used once the pipeline is upgraded.
             let compressed = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)

@@ -39,8 +39,6 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     private let limit: Int
     private let authDeadline: Int64
     private var context: ChannelHandlerContext?
-    /// On a socket: spare receive buffers are dropped on each heartbeat.
-    private let trimsReceiveBuffers: Bool
 
     // Inbound: the fragmented message being assembled, then whole messages for the task.
     private var assembling: [UInt8] = []
@@ -62,9 +60,8 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     private var machine = ConnectionStateMachine()
     private var closeTimer: Scheduled<Void>?
 
-    init(session: WebSocketSession, registered: Bool, inflater: PerMessageDeflate.Inflater?, trimsReceiveBuffers: Bool) {
+    init(session: WebSocketSession, registered: Bool, inflater: PerMessageDeflate.Inflater?) {
         self.session = session
-        self.trimsReceiveBuffers = trimsReceiveBuffers
         self.registered = registered
         self.loop = session.loop
         self.inflater = inflater
@@ -305,9 +302,7 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private func beat() {
-        guard let context else { return }
-        // Buffers a burst of reads left behind are given back once per heartbeat.
-        if trimsReceiveBuffers { GatewayServerChannel.dropSpareReceiveBuffers(of: context.channel) }
+        guard context != nil else { return }
         execute(machine.heartbeatDue())
     }
 

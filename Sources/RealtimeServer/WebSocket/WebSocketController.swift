@@ -17,8 +17,8 @@ struct WebSocketController: Sendable {
     /// Starts the session of a just-upgraded connection, on its event loop. Refusals happen
     /// after the upgrade, as close codes a WebSocket client can act on: 1012 while the node
     /// drains, 1013 at the connection limit or when too many connections wait without a token.
-    /// - Parameter socket: false for an in-memory channel (tests), which has no receive buffers
-    ///   to trim and no socket options.
+    /// - Parameter socket: false for an in-memory channel (tests), which has no receive buffer
+    ///   options.
     func accept(channel: any Channel, token: String?, compressed: Bool, socket: Bool = true) throws {
         let session = WebSocketSession(runtime: runtime, channel: channel)
         let refusal: (code: UInt16, reason: String)?
@@ -33,8 +33,7 @@ struct WebSocketController: Sendable {
             refusal = nil
         }
         do {
-            let connection = WebSocketConnection(
-                session: session, registered: refusal == nil, inflater: compressed ? try PerMessageDeflate.Inflater() : nil, trimsReceiveBuffers: socket)
+            let connection = WebSocketConnection(session: session, registered: refusal == nil, inflater: compressed ? try PerMessageDeflate.Inflater() : nil)
             let pipeline = channel.pipeline.syncOperations
             // Closest to the socket (but behind TLS, which must encrypt them), so its writes
             // bypass the frame encoder above it.
@@ -45,9 +44,7 @@ struct WebSocketController: Sendable {
             }
             try pipeline.addHandler(connection)
             if socket {
-                // The handshake's buffers are not needed by an idle connection.
                 try channel.syncOptions?.setOption(ChannelOptions.recvAllocator, value: GatewayServerChannel.webSocketReceiveBuffers)
-                GatewayServerChannel.dropSpareReceiveBuffers(of: channel)
             }
             if let refusal {
                 connection.requestClose(.init(code: refusal.code, reason: refusal.reason, dropQueued: false))
