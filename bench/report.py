@@ -349,6 +349,8 @@ def main():
         ("idle-10k", "Idle connections: 10,000", lambda r, c: idle_table(r, c)),
         ("idle-10k-browser", "Idle connections: 10,000 with browser-sized upgrade requests (600 bytes of cookies, about 1 KiB each)",
          lambda r, c: idle_table(r, c)),
+        ("idle-10k-bigop", "Idle connections: 10,000 that each sent one 60 KB op first (a subscribe op with 60,000 bytes of padding)",
+         lambda r, c: idle_table(r, c)),
         ("idle-19k", "Idle connections: 19,000 (one node process, fd limit 20,000)", lambda r, c: idle_table(r, c)),
     ]
     for case, title, table in sections:

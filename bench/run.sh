@@ -15,7 +15,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-SCENARIOS=${*:-"fanout-1k fanout-10k latency publish publish-100 publish-wrk channels-10k idle-10k idle-10k-browser idle-19k storm"}
+SCENARIOS=${*:-"fanout-1k fanout-10k latency publish publish-100 publish-wrk channels-10k idle-10k idle-10k-browser idle-10k-bigop idle-19k storm"}
 SYSTEMS=${BENCH_SYSTEMS:-"memory redis nchan"}
 RESULTS=${BENCH_RESULTS:-$ROOT/bench/results/latest.jsonl}
 STEP_SECONDS=${BENCH_STEP_SECONDS:-5}
@@ -68,6 +68,7 @@ pid_args() { for p in $MEASURE_PIDS; do printf -- '--pid %s ' "$p"; done; }
 for scenario in $SCENARIOS; do
     for system in $SYSTEMS; do
         [[ $scenario == storm && $system == nchan ]] && { echo "== storm on nchan: skipped (no since_id resume over Nchan's plain WebSocket)" >&2; continue; }
+        [[ $scenario == idle-10k-bigop && $system == nchan ]] && { echo "== idle-10k-bigop on nchan: skipped (its subscribers send nothing)" >&2; continue; }
         start_system "$system"
         case $scenario in
         fanout-1k)   bench "$system" "$scenario" fanout --subscribers 1000 --channels 1 --seconds "$STEP_SECONDS" \
@@ -86,6 +87,8 @@ for scenario in $SCENARIOS; do
         idle-10k)    bench "$system" "$scenario" idle --connections 10000 --channels 100 $(pid_args) ;;
         idle-10k-browser) # a browser's upgrade request with cookies: about 1 KiB instead of 429 bytes
                      bench "$system" "$scenario" idle --connections 10000 --channels 100 --upgrade-cookie-bytes 600 $(pid_args) ;;
+        idle-10k-bigop) # each connection's subscribe op carries 60,000 bytes more, then the connection idles
+                     bench "$system" "$scenario" idle --connections 10000 --channels 100 --subscribe-padding-bytes 60000 $(pid_args) ;;
         idle-19k)    bench "$system" "$scenario" idle --connections 19000 --channels 100 --workers 3 $(pid_args) ;;
         storm)       bench "$system" "$scenario" storm --clients 10000 --channels 100 --messages 20 --workers 2 ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;

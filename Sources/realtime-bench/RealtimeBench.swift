@@ -43,6 +43,8 @@ struct Target: ParsableArguments {
     var tlsCAFile: String?
     @Option(help: "Bytes of Cookie header in each subscriber's upgrade request, as a browser's request carries (0: none).")
     var upgradeCookieBytes = 0
+    @Option(help: "Bytes of an extra field in each subscriber's subscribe op (realtime mode): a client that once sent a large message.")
+    var subscribePaddingBytes = 0
 
     var channelNames: [String] { (0..<channels).map { "\(channelPrefix)-\($0)" } }
 
@@ -82,7 +84,8 @@ struct Target: ParsableArguments {
 
     func subscriberConfig(url: String) -> SubscriberConfig {
         SubscriberConfig(
-            wire: wire, url: url, channels: channelNames, offset: 0, count: 0, threads: threads, tlsCAFile: tlsCAFile, upgradeCookieBytes: upgradeCookieBytes)
+            wire: wire, url: url, channels: channelNames, offset: 0, count: 0, threads: threads, tlsCAFile: tlsCAFile, upgradeCookieBytes: upgradeCookieBytes,
+            subscribePaddingBytes: subscribePaddingBytes)
     }
 
     func plan(rate: Double?, seconds: Double, connections: Int, padding: Int = 0) -> PublishPlan {

@@ -31,6 +31,9 @@ struct SubscriberConfig: Codable {
     var tlsCAFile: String?
     /// Bytes of `Cookie` header added to each upgrade request (a browser's carries cookies).
     var upgradeCookieBytes = 0
+    /// Bytes of an extra field in each `subscribe` op (realtime mode): a client that once sent
+    /// a large message.
+    var subscribePaddingBytes = 0
 }
 
 /// Parsed `ws://host:port/path?query` (or `wss://`, `http://`, `https://`).
@@ -135,9 +138,12 @@ private final class SubscriberHandler: ChannelInboundHandler {
     let conn: SubscriberConnection
     let wire: WireProtocol
 
-    init(conn: SubscriberConnection, wire: WireProtocol) {
+    let padding: Int
+
+    init(conn: SubscriberConnection, wire: WireProtocol, padding: Int) {
         self.conn = conn
         self.wire = wire
+        self.padding = padding
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -171,6 +177,7 @@ private final class SubscriberHandler: ChannelInboundHandler {
             } else if bytes.starts(with: Self.connectedPrefix) {
                 var op = #"{"op":"subscribe","ref":1,"channel":""# + conn.channelName + "\""
                 if let since = conn.resumeFrom { op += #","since_id":""# + since + "\"" }
+                if padding > 0 { op += #","padding":""# + String(repeating: "p", count: padding) + "\"" }
                 op += "}"
                 let frame = WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: ByteBuffer(string: op))
                 context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
@@ -297,6 +304,7 @@ final class SubscriberPool: @unchecked Sendable {
             let tls = self.tls
             let target = self.target
             let cookieBytes = self.config.upgradeCookieBytes
+            let padding = self.config.subscribePaddingBytes
             let timeout = loop.scheduleTask(in: .seconds(30)) { promise.fail(BenchError("connect timeout")) }
             ClientBootstrap(group: loop)
                 .channelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -307,7 +315,7 @@ final class SubscriberPool: @unchecked Sendable {
                         if let tls { try channel.pipeline.syncOperations.addHandler(try target.tlsHandler(tls)) }
                         let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: 1 << 20, automaticErrorHandling: false) { channel, _ in
                             channel.eventLoop.makeCompletedFuture {
-                                try channel.pipeline.syncOperations.addHandler(SubscriberHandler(conn: conn, wire: wire))
+                                try channel.pipeline.syncOperations.addHandler(SubscriberHandler(conn: conn, wire: wire, padding: padding))
                             }
                         }
                         try channel.pipeline.syncOperations.addHTTPClientHandlers(
