@@ -134,15 +134,21 @@ public final class FaultProxy: Sendable {
 }
 
 /// Forwards what one side reads to the other, after the proxy's delay; holds it while paused.
+/// What one side sends arrives in order, as over any TCP connection, also when the delay is
+/// lowered while chunks wait: a chunk never overtakes one read before it.
 final class Relay: ChannelInboundHandler, @unchecked Sendable {
     // @unchecked: `partner` is set once in the upstream's initializer, before either side
-    // reads; `held` and `waiting` are touched only on the channel's loop.
+    // reads; `held`, `delayed` and the flags are touched only on the channel's loop.
     typealias InboundIn = ByteBuffer
     let proxy: FaultProxy
     var partner: (any Channel)?
     private var held: [ByteBuffer] = []
     private var waiting = false
     private var closing = false
+    /// Chunks waiting out their delay, in the order they were read (and whether the partner
+    /// is closed after them). Released from the front only.
+    private var delayed: [(due: NIODeadline, chunks: [ByteBuffer], close: Bool)] = []
+    private var timerArmed = false
 
     init(proxy: FaultProxy) { self.proxy = proxy }
 
@@ -153,7 +159,7 @@ final class Relay: ChannelInboundHandler, @unchecked Sendable {
 
     /// Forwards what is held, in order, unless the proxy is paused; then looks again shortly.
     private func release(_ loop: any EventLoop) {
-        guard !waiting, !held.isEmpty, let partner else { return }
+        guard !waiting, !held.isEmpty || closing, partner != nil else { return }
         guard !proxy.holding.load(ordering: .relaxed) else {
             waiting = true
             loop.scheduleTask(in: .milliseconds(20)) {
@@ -162,26 +168,35 @@ final class Relay: ChannelInboundHandler, @unchecked Sendable {
             }
             return
         }
-        let chunks = held
+        delayed.append((.now() + proxy.delay, held, closing))
         held = []
-        let delay = proxy.delay
-        let close = closing
-        if delay.nanoseconds > 0 {
-            loop.scheduleTask(in: delay) {
-                for bytes in chunks { partner.writeAndFlush(bytes, promise: nil) }
-                if close { partner.close(promise: nil) }
-            }
-        } else {
-            for bytes in chunks { partner.writeAndFlush(bytes, promise: nil) }
-            if close { partner.close(promise: nil) }
+        forwardDue(loop)
+    }
+
+    /// Writes the waiting chunks whose time has come, front first, and sets one timer for the
+    /// next: a chunk due earlier (the delay was lowered) waits for those read before it.
+    private func forwardDue(_ loop: any EventLoop) {
+        guard let partner else { return }
+        let now = NIODeadline.now()
+        while let first = delayed.first, first.due <= now {
+            delayed.removeFirst()
+            for bytes in first.chunks { partner.writeAndFlush(bytes, promise: nil) }
+            if first.close { partner.close(promise: nil) }
+        }
+        guard let next = delayed.first, !timerArmed else { return }
+        timerArmed = true
+        loop.scheduleTask(deadline: next.due) {
+            self.timerArmed = false
+            self.forwardDue(loop)
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         closing = true
-        if held.isEmpty, !waiting {
+        if held.isEmpty, !waiting, delayed.isEmpty {
             partner?.close(promise: nil)
         } else {
+            // After what is still on its way.
             release(context.eventLoop)
         }
         context.fireChannelInactive()

@@ -76,6 +76,8 @@ final class ResumingSubscriber: Sendable {
         var outOfOrder: [String] = []
         var resumedFalse = 0
         var sessions = 0
+        /// What each session did (node, resume point, replies, how it ended): printed with a gap.
+        var log: [String] = []
     }
     let seen = Mutex(Seen())
 
@@ -101,7 +103,10 @@ final class ResumingSubscriber: Sendable {
             }
             let since = seen.withLock { $0.ids.last }.map { #","since_id":"\#($0)""# } ?? ""
             socket.send(#"{"op":"subscribe","ref":"s","channel":"\#(channel)"\#(since)}"#)
-            seen.withLock { $0.sessions += 1 }
+            seen.withLock {
+                $0.sessions += 1
+                $0.log.append("session \($0.sessions) on \(node.nodeID) after \($0.ids.last.map(String.init(describing:)) ?? "nothing")")
+            }
             let hopAt = hop.map { ContinuousClock.now + $0 }
             var subscribed = false
             while !stop.isSet {
@@ -113,10 +118,14 @@ final class ResumingSubscriber: Sendable {
                 switch frame["type"].string {
                 case "subscribed":
                     subscribed = true
+                    seen.withLock {
+                        $0.log.append("subscribed ref=\(frame["ref"].string ?? "none") resumed=\(frame["resumed"].bool.map(String.init) ?? "-") replayed=\(frame["replayed"].int.map(String.init) ?? "-")")
+                    }
                     if frame["resumed"].bool == false, !since.isEmpty || frame["ref"] == .null {
                         seen.withLock { $0.resumedFalse += 1 }
                     }
                 case "error" where !subscribed:
+                    seen.withLock { $0.log.append("error \(frame["code"].int ?? 0) before subscribed") }
                     socket.close()
                 case "message":
                     guard let id = frame["id"].string.flatMap({ MessageID($0) }) else { continue }
@@ -128,6 +137,7 @@ final class ResumingSubscriber: Sendable {
                 }
                 if socket.hasEnded { break }
             }
+            seen.withLock { $0.log.append("ended after \($0.ids.last.map(String.init(describing:)) ?? "nothing")") }
             socket.close()
             try? await Task.sleep(for: .milliseconds(50), clock: .suspending)
         }
@@ -264,7 +274,9 @@ struct RetryingPublisher {
             guard let first = seen.ids.first else { continue }
             let expected = history.map(\.id).filter { $0 >= first }
             if seen.resumedFalse == 0 {
-                #expect(seen.ids == expected, "\(scenario.name) subscriber \(n): gap (\(seen.ids.count) of \(expected.count))")
+                #expect(
+                    seen.ids == expected,
+                    "\(scenario.name) subscriber \(n): gap (\(seen.ids.count) of \(expected.count)), missing \(Set(expected).subtracting(seen.ids).sorted()); sessions: \(seen.log)")
             } else {
                 #expect(Set(seen.ids).isSubset(of: Set(expected)))
             }

@@ -257,4 +257,35 @@ final class Locked<Value: Sendable>: Sendable {
         proxy.stop()
         server.stop()
     }
+    /// A TCP stream never reorders bytes, so neither may the proxy: chunks read while the link
+    /// was delayed still arrive before those read after the delay was lowered. (It once
+    /// forwarded the later ones at once, so pub/sub messages reached a node out of order and a
+    /// fault test blamed the node for the one it then dropped as already delivered.)
+    @Test func loweringTheDelayKeepsEachStreamInOrder() async throws {
+        let server = try RedisServerProcess()
+        try await server.start()
+        let proxy = FaultProxy(upstreamPort: server.port)
+        try await proxy.start()
+        var config = try RedisConfiguration(url: "redis://127.0.0.1:\(proxy.port)")
+        config.commandTimeout = .seconds(30)
+        let client = RedisCommandClient(configuration: config)
+        #expect(try await client.send(["PING"]).string == "PONG")
+        proxy.delay(milliseconds: 400)
+        // Replies are matched to commands in order: a reordered stream gives a command another
+        // command's answer.
+        let answers = try await withThrowingTaskGroup(of: (String, String?).self) { group in
+            for i in 0..<20 { group.addTask { ("early-\(i)", try await client.send(["ECHO", "early-\(i)"]).string) } }
+            try await Task.sleep(for: .milliseconds(100), clock: .suspending)
+            proxy.delay(milliseconds: 0)
+            for i in 0..<20 { group.addTask { ("late-\(i)", try await client.send(["ECHO", "late-\(i)"]).string) } }
+            var answers: [(String, String?)] = []
+            for try await answer in group { answers.append(answer) }
+            return answers
+        }
+        #expect(answers.count == 40)
+        for (sent, answer) in answers { #expect(answer == sent) }
+        client.close()
+        proxy.stop()
+        server.stop()
+    }
 }
