@@ -317,6 +317,41 @@ func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: ()
         }
     }
 
+    /// The link drops and comes back hundreds of times while messages are published: every
+    /// interruption and every recovery overlap somewhere, and still the subscriber gets every
+    /// message once, in order, and the channel ends live (not stuck recovering).
+    @Test func aFlappingLinkLosesNothingAndEndsLive() async throws {
+        try await withHub(pageSize: 5) { hub, broker in
+            let sink = RecordingSink()
+            _ = try await hub.subscribe(ch, sink: sink, since: nil) { _ in }
+            let publisher = Task {
+                var ids: [MessageID] = []
+                for i in 0..<900 {  // under the default history size: nothing is trimmed
+                    ids += try await publish(broker, i..<(i + 1))
+                    try await Task.sleep(for: .microseconds(200), clock: .suspending)
+                }
+                return ids
+            }
+            let flapper = Task {
+                while !Task.isCancelled {
+                    broker.interrupt()
+                    try? await Task.sleep(for: .microseconds(Int.random(in: 0...300)), clock: .suspending)
+                    broker.restore()
+                    try? await Task.sleep(for: .microseconds(Int.random(in: 0...600)), clock: .suspending)
+                }
+            }
+            var expected = try await publisher.value
+            flapper.cancel()
+            await flapper.value
+            broker.restore()
+            expected += try await publish(broker, 900..<910)
+            let done = try? await waitUntil("every message", timeout: .seconds(60)) { sink.messageIDs.count >= expected.count }
+            let got = sink.messageIDs
+            #expect(got == expected.map(\.description), "\(got.count) of \(expected.count); other frames: \(sink.all.filter { !$0.hasPrefix("{\"type\":\"message\"") }.prefix(3))")
+            #expect(done != nil)
+        }
+    }
+
     @Test func historyTrimmedDuringAnInterruptionIsReportedNotSkippedSilently() async throws {
         try await withHub { hub, broker in
             _ = try await broker.memory.create(ChannelSettings(name: ch, type: .public, historySize: 3, historyTTLSeconds: 3600, createdAt: 0, explicit: true))

@@ -12,15 +12,26 @@ extension ChannelHub {
             return true
         }
         guard claimed else { return }
-        defer { shard(channel).withLock { s in if s.channels[channel] != nil { s.channels[channel]!.recovering = false } } }
+        defer {
+            let again = shard(channel).withLock { s -> Bool in
+                guard s.channels[channel] != nil else { return false }
+                s.channels[channel]!.recovering = false
+                return s.channels[channel]!.link == .recovering
+            }
+            // Interrupted again after this task went live but before it let go: that
+            // interruption found the channel claimed and scheduled no recovery of its own.
+            if again, !Task.isCancelled { schedule(.recover(channel)) }
+        }
         var backoff = Duration.milliseconds(50)
         while !Task.isCancelled {
             expireWaiters(channel)
+            // Counted before the link is looked at: an interruption after this point, even one
+            // already healed when the read returns, makes `caughtUp` read again.
+            let epoch = interruptions.load(ordering: .relaxed)
             guard brokerUp.load(ordering: .relaxed) else {
                 try? await Task.sleep(for: .milliseconds(50), clock: .suspending)
                 continue
             }
-            let epoch = interruptions.load(ordering: .relaxed)
             guard let from = shard(channel).withLock({ s -> MessageID? in
                 guard let ch = s.channels[channel], ch.link == .recovering else { return nil }
                 return ch.lastDelivered
