@@ -33,7 +33,7 @@ import Testing
                     issuedAt: now, expiresAt: now + 3600, tokenID: "tok_1", keyID: nil))
             }
             try await channel.testingEventLoop.executeInContext { [jwt] in
-                try WebSocketController(runtime: runtime).accept(channel: channel, token: jwt, compressed: false, socket: false)
+                try WebSocketController(runtime: runtime).accept(channel: channel, token: jwt, compressed: false)
             }
             return Harness(channel: channel, runtime: runtime)
         }

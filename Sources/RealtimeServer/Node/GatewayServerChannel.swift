@@ -28,8 +28,6 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
 
     static let webSocketPath = "/v1/realtime/ws"
     static let receiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
-    /// An upgraded connection's reads: see ``UnpooledReceiveBuffers``.
-    static var webSocketReceiveBuffers: UnpooledReceiveBuffers { UnpooledReceiveBuffers() }
 
     let responder: HTTPChannelHandler.Responder
     let webSocket: WebSocketController
@@ -101,6 +99,8 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                     channel.eventLoop.makeCompletedFuture {
                         channel.pipeline.syncOperations.removeHandler(httpOnly.value.0).whenComplete { _ in }
                         channel.pipeline.syncOperations.removeHandler(httpOnly.value.1).whenComplete { _ in }
+                        // Idle most of its life from now on: no read buffer kept between reads.
+                        try channel.syncOptions?.setOption(ChannelOptions.recvAllocator, value: UnpooledReceiveBuffers())
                         try webSocket.accept(channel: channel, token: URI(head.uri).queryParameters.get("token"), compressed: compressed.value)
                         return .webSocket
                     }

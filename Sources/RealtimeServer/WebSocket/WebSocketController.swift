@@ -17,9 +17,7 @@ struct WebSocketController: Sendable {
     /// Starts the session of a just-upgraded connection, on its event loop. Refusals happen
     /// after the upgrade, as close codes a WebSocket client can act on: 1012 while the node
     /// drains, 1013 at the connection limit or when too many connections wait without a token.
-    /// - Parameter socket: false for an in-memory channel (tests), which has no receive buffer
-    ///   options.
-    func accept(channel: any Channel, token: String?, compressed: Bool, socket: Bool = true) throws {
+    func accept(channel: any Channel, token: String?, compressed: Bool) throws {
         let session = WebSocketSession(runtime: runtime, channel: channel)
         let refusal: (code: UInt16, reason: String)?
         if runtime.draining.load(ordering: .relaxed) {
@@ -43,9 +41,6 @@ struct WebSocketController: Sendable {
                 try pipeline.addHandler(session.writer, position: .first)
             }
             try pipeline.addHandler(connection)
-            if socket {
-                try channel.syncOptions?.setOption(ChannelOptions.recvAllocator, value: GatewayServerChannel.webSocketReceiveBuffers)
-            }
             if let refusal {
                 connection.requestClose(.init(code: refusal.code, reason: refusal.reason, dropQueued: false))
             } else {
