@@ -38,4 +38,22 @@ import Testing
         let quiet = read(Array(repeating: 20, count: 40), through: &pool)
         #expect(quiet.last! >= 16_384)
     }
+
+    /// What a node sets on a real upgraded connection: one read per readiness event, and reads
+    /// whose buffers are not kept.
+    @Test func aNodeConfiguresUpgradedConnectionsToKeepNoReadBuffer() async throws {
+        try await TestNode.with { node in
+            let peer = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token()))
+            #expect(try await peer.firstText()?.contains("\"connected\"") == true)
+            let session = try #require(node.gateway.runtime.registry.all.first)
+            let (reads, unpooled) = try await session.loop.submit { () throws -> (UInt, Bool) in
+                let channel = try #require(session.assumeIsolated { $0.connection?.channel })
+                let options = try #require(channel.syncOptions)
+                return (try options.getOption(ChannelOptions.maxMessagesPerRead), try options.getOption(ChannelOptions.recvAllocator) is UnpooledReceiveBuffers)
+            }.get()
+            #expect(reads == 1)
+            #expect(unpooled)
+            try await peer.close()
+        }
+    }
 }

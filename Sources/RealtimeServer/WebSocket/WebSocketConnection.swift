@@ -39,6 +39,8 @@ final class WebSocketConnection: ChannelDuplexHandler, @unchecked Sendable {
     private let limit: Int
     private let authDeadline: Int64
     private var context: ChannelHandlerContext?
+    /// The connection's channel while the handler is in its pipeline (on the loop).
+    var channel: (any Channel)? { context?.channel }
 
     // Inbound: the fragmented message being assembled, then whole messages for the task.
     private var assembling: [UInt8] = []
