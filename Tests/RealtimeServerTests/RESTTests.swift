@@ -277,15 +277,17 @@ import Testing
     }
 
     @Test func publishRateIsLimitedPerKeyWithARetryHint() async throws {
-        try await TestNode.with({ $0.limits.keyPublishRate = 1 }) { node in
-            var limited: TestNode.Reply?
-            for _ in 0..<30 {
-                let r = try await node.publish("fast")
-                if r.status == 429 { limited = r; break }
-            }
-            let r = try #require(limited)
-            #expect(r.json["error"]["code"].int == 42900)
-            #expect(r.headers.contains { $0.0.lowercased() == "retry-after" })
+        // The node's clock stands still: 1 a second holds a burst of 2, whatever the machine's pace.
+        let clock = ManualClock(milliseconds: SystemClock().nowMilliseconds())
+        try await TestNode.with(clock: clock, { $0.limits.keyPublishRate = 1 }) { node in
+            var statuses: [Int] = []
+            for _ in 0..<3 { statuses.append(try await node.publish("fast").status) }
+            #expect(statuses == [201, 201, 429])
+            let r = try await node.publish("fast")
+            #expect(r.status == 429 && r.json["error"]["code"].int == 42900)
+            #expect(r.headers.contains { $0.0.lowercased() == "retry-after" && $0.1 == "1" })
+            clock.advance(byMilliseconds: 1000)
+            #expect(try await node.publish("fast").status == 201, "a second refills one")
         }
     }
 }

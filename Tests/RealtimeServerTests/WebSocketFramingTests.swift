@@ -35,7 +35,8 @@ import Testing
             let peer = try await RawPeer.connect(port: node.port, path: "/v1/realtime/ws?token=" + (try await node.token()))
             #expect(try await peer.firstText()?.contains("\"connected\"") == true)
             try await peer.sendFrame(opcode: opcode, fin: fin, rsv: rsv, payload: Array(#"{"op":"ping"}"#.utf8))
-            #expect(try await peer.framesUntilClose().closeCode == 1002, "\(what)")
+            let end = try await peer.framesUntilClose()
+            #expect(end.closeCode == 1002, "\(what): got \(end), stream ended: \(peer.isClosed), \(peer.received.bytes.withLock { $0.count }) bytes")
             let fine = try await node.connect(try await node.token())
             #expect(try await fine.call("ping")["type"].string == "pong")
         }

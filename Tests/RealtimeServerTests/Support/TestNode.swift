@@ -28,13 +28,15 @@ struct TestNode {
     }
 
     /// Runs `body` against a fresh node, then shuts the node down gracefully.
+    /// - Parameter clock: the node's clock (tokens, rate limits, message timestamps); a
+    ///   ``ManualClock`` makes an outcome that depends on elapsed time independent of the machine's pace.
     static func with(
-        engine: Engine? = nil,
+        engine: Engine? = nil, clock: any RealtimeClock = SystemClock(),
         _ adjust: (inout GatewayConfiguration) -> Void = { _ in }, _ body: (TestNode) async throws -> Void
     ) async throws {
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        let gateway = try await Gateway(configuration: configuration(adjust), engine: engine, logger: logger)
+        let gateway = try await Gateway(configuration: configuration(adjust), engine: engine, clock: clock, logger: logger)
         let group = ServiceGroup(configuration: .init(services: gateway.services, logger: logger))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
