@@ -59,18 +59,30 @@ public final class RedisEngine: Sendable {
         Engine(configuration: configuration, broker: self, presence: self, channels: self, keys: self)
     }
 
-    /// Maps client errors to the contract: not sent -> 50300; sent and unanswered -> 50400 for
-    /// a write (it may have been applied), 50300 for a read; an error reply -> 50000.
+    /// Runs `body`, answering a Redis client error with the contract's error (``contractError(_:write:)``).
     func call<T>(write: Bool = false, _ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
         } catch let error as RedisError {
-            switch error {
-            case .server(let message): throw RealtimeError.internal("redis: \(message)")
-            case .timeout, .connectionLost:
-                throw write ? RealtimeError.outcomeUnknown() : RealtimeError.engineUnavailable("engine did not answer in time; retry later")
-            default: throw RealtimeError.engineUnavailable()
-            }
+            throw Self.contractError(error, write: write)
+        }
+    }
+
+    /// A Redis client error as the contract reports it: not sent, or refused for a passing
+    /// reason before anything ran (``RedisError/isTransientRefusal``: Redis loading its data
+    /// after a restart, say) -> 50300; sent and unanswered (or answered with a reply that does
+    /// not parse), or a script that ran whose follow-up failed -> 50400 for a write (it may have been applied), 50300 for a read; any
+    /// other error reply -> 50000.
+    static func contractError(_ error: RedisError, write: Bool) -> RealtimeError {
+        switch error {
+        case .server(let message) where error.isTransientRefusal:
+            return .engineUnavailable("redis refused the command for now (\(message.prefix { $0 != " " })); nothing was applied, retry later")
+        case .server(let message):
+            return .internal("redis: \(message)")
+        case .timeout, .connectionLost, .followUpFailed, .protocolError:
+            return write ? .outcomeUnknown() : .engineUnavailable("engine did not answer in time; retry later")
+        case .connection, .invalidURL, .crossSlot:
+            return .engineUnavailable()
         }
     }
 

@@ -61,6 +61,24 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidURL(String)
     /// A cluster command whose keys are in different slots: refused before it was sent.
     case crossSlot(String)
+    /// A script ran, then the command sent after it on the same connection (`WAIT`) failed:
+    /// the script's writes stand; what the follow-up was to confirm is unknown.
+    case followUpFailed(String)
+
+    /// An error reply by which Redis refused to run a command for a passing reason: it is
+    /// loading its data (`LOADING`), another client's script runs long (`BUSY`), it is a replica
+    /// (`READONLY`), cut off from its primary (`MASTERDOWN`), cannot persist (`MISCONF`), is out
+    /// of memory (`OOM`), lacks replicas (`NOREPLICAS`), or its cluster is reconfiguring
+    /// (`CLUSTERDOWN`, `TRYAGAIN`). Nothing ran: a script gets these before its first write
+    /// (Redis checks a script's writes only until its first one succeeds), so a retry is safe.
+    public var isTransientRefusal: Bool {
+        guard case .server(let message) = self else { return false }
+        return Self.transientRefusals.contains(message.prefix { $0 != " " })
+    }
+
+    static let transientRefusals: Set<Substring> = [
+        "LOADING", "BUSY", "READONLY", "MASTERDOWN", "MISCONF", "OOM", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN",
+    ]
 
     public var description: String {
         switch self {
@@ -71,6 +89,7 @@ public enum RedisError: Error, Sendable, Equatable, CustomStringConvertible {
         case .protocolError(let m): return "redis protocol error: \(m)"
         case .invalidURL(let m): return "invalid redis URL: \(m)"
         case .crossSlot(let m): return "redis cluster: \(m)"
+        case .followUpFailed(let m): return "redis: the script ran, the command after it failed: \(m)"
         }
     }
 }

@@ -169,7 +169,8 @@ public final class RedisClusterClient: RedisCommandSending {
         return try await routed(slot: slot) { connection, asking in
             let reply = try await connection.evaluate(script, keys: keys, arguments: arguments, asking: asking)
             guard let command = follow(reply) else { return (reply, nil) }
-            return (reply, try await connection.send(command))
+            // Never retried from here on: the script has run.
+            return (reply, try await RedisCommandClient.followUp { try await connection.send(command) })
         }
     }
 

@@ -109,7 +109,17 @@ public final class RedisCommandClient: RedisCommandSending {
             let connection = try await connection()
             let reply = try await connection.evaluate(script, keys: keys, arguments: arguments)
             guard let command = follow(reply) else { return (reply, nil) }
-            return (reply, try await connection.send(command))
+            return (reply, try await Self.followUp { try await connection.send(command) })
+        }
+    }
+
+    /// The command after a script that ran: whatever its failure, it is `followUpFailed`, so
+    /// that no caller takes it for a refusal of the script or sends the script again.
+    static func followUp(_ body: () async throws -> RESPValue) async throws -> RESPValue {
+        do {
+            return try await body()
+        } catch let error as RedisError {
+            throw RedisError.followUpFailed(error.description)
         }
     }
 

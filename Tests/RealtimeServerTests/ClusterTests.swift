@@ -1,5 +1,6 @@
 import Foundation
 import RealtimeCore
+import RedisClient
 import Synchronization
 import Testing
 
@@ -177,6 +178,41 @@ import Testing
             let maybe = Set(unknown.withLock { $0 })
             #expect(got.filter { !maybe.contains($0) } == ok)
             #expect(got.allSatisfy { ok.contains($0) || maybe.contains($0) } && Set(got).count == got.count)
+        }
+    }
+
+    /// Redis refusing commands for a while without running them (here `BUSY`: another client's
+    /// script runs past `busy-reply-threshold`; `LOADING` after a restart is the same kind) is
+    /// "nothing was published, retry" (`50300`) over REST and WebSocket alike, never `50000`,
+    /// and the node publishes again once Redis does.
+    @Test func aRedisThatRefusesCommandsForAWhileIs50300AndPublishesNothing() async throws {
+        try await Cluster.with(nodes: 1) { cluster in
+            let node = cluster.nodes[0]
+            let socket = try await node.connect(try await node.token(client: "pub"))
+            #expect(try await node.publish("busy", data: "0").status == 201)
+            let admin = RedisCommandClient(configuration: try RedisConfiguration(url: cluster.redis!.url))
+            defer { admin.close() }
+            _ = try await admin.send(["CONFIG", "SET", "busy-reply-threshold", "50"])
+            let blocker = RedisCommandClient(configuration: try RedisConfiguration(url: cluster.redis!.url + "?command_timeout_ms=600000"))
+            defer { blocker.close() }
+            let script = Task { try? await blocker.send(["EVAL", "while true do end", "0"]) }
+            try await eventually("redis answers BUSY") {
+                do {
+                    _ = try await admin.send(["GET", "probe"])
+                    return false
+                } catch let error as RedisError {
+                    return error.isTransientRefusal
+                }
+            }
+            let rest = try await node.publish("busy", data: "1")
+            #expect(rest.status == 503 && rest.json["error"]["code"].int == 50300, "\(rest.status) \(rest.json)")
+            let ws = try await socket.call("publish", #""channel":"busy","event":"e","data":2"#)
+            #expect(ws["type"].string == "error" && ws["code"].int == 50300, "\(ws)")
+            _ = try await admin.send(["SCRIPT", "KILL"])
+            _ = await script.value
+            try await eventually("publishing again") { try await node.publish("busy", data: "3").status == 201 }
+            let history = try await node.rest(.GET, "/v1/realtime/channels/busy/history?direction=forwards").json["messages"].array
+            #expect(history.map { $0["data"].int } == [0, 3], "the refused publishes left nothing")
         }
     }
 }
