@@ -83,3 +83,53 @@ import Testing
         }
     }
 }
+
+/// The HTTP/1 handshake against the real binary: whatever a client puts in a WebSocket
+/// upgrade request and sends behind it in the same write, the node answers and keeps serving.
+@Suite struct HandshakeRobustnessTests {
+    /// `Connection` header lines of an upgrade request for `/v1/realtime/ws`, and whether the
+    /// node upgrades (nil: either answer is fine, the node must only survive).
+    static let variants: [(name: String, lines: [String], upgrades: Bool?)] = [
+        ("no Connection header", [], false),
+        ("a misspelt Connection header", ["Co_nection: Upgrade"], false),
+        ("Connection: close", ["Connection: close"], false),
+        ("a longer token", ["Connection: Upgrades"], false),
+        ("the token inside another", ["Connection: xupgrade"], false),
+        ("Connection: Upgrade", ["Connection: Upgrade"], true),
+        ("lower case", ["Connection: upgrade"], true),
+        ("in a list", ["Connection: keep-alive, Upgrade"], true),
+        ("on a second line", ["Connection: keep-alive", "Connection: Upgrade"], true),
+        ("without a space", ["Connection:Upgrade"], true),
+        ("with spaces around", ["Connection:   Upgrade   "], true),
+        ("with a tab after it", ["Connection: Upgrade\t"], false),
+        ("with a tab before it", ["Connection:\tUpgrade"], true),
+        ("an empty list item", ["Connection: , Upgrade ,"], nil),
+        ("with close too", ["Connection: Upgrade, close"], nil),
+    ]
+
+    @Test func anUpgradeRequestWithAnotherRequestBehindItIsAnsweredAndTheNodeLives() async throws {
+        let node = GatewayProcess(key: Cluster.key, nodeID: "handshakes")
+        try await node.start(environment: ["REALTIME_API_KEY": Cluster.key, "REALTIME_TOKEN_SECRET": Cluster.secret])
+        defer { node.kill9() }
+        for variant in Self.variants {
+            let head = "GET /v1/realtime/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                + variant.lines.map { $0 + "\r\n" }.joined()
+                + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            // The same request again behind it, then a plain one, in one write.
+            let peer = try await RawPeer.connect(port: node.port, path: nil)
+            try await peer.sendRaw(Array((head + head + "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").utf8))
+            var status = ""
+            try await eventually("\(variant.name): an answer", timeout: .seconds(20)) {
+                let text = String(decoding: peer.received.bytes.withLock { $0 }, as: UTF8.self)
+                status = String(text.prefix(12))
+                return status.count == 12 || peer.isClosed
+            }
+            try await peer.close()
+            #expect(node.isRunning, "\(variant.name): the node died")
+            guard node.isRunning else { return }
+            #expect(status == "HTTP/1.1 101" || status == "HTTP/1.1 400", "\(variant.name): \(status)")
+            if let upgrades = variant.upgrades { #expect((status == "HTTP/1.1 101") == upgrades, "\(variant.name): \(status)") }
+            #expect(try await node.rest(.GET, "/readyz", key: "").status == 200, "\(variant.name): still serving")
+        }
+    }
+}

@@ -85,7 +85,7 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                 maxFrameSize: maxFrameSize,
                 shouldUpgrade: { channel, head in
                     attempted.value = true
-                    guard head.method == .GET, URI(head.uri).path == Self.webSocketPath else {
+                    guard head.method == .GET, URI(head.uri).path == Self.webSocketPath, Self.asksForUpgrade(head.headers) else {
                         return channel.eventLoop.makeSucceededFuture(nil)
                     }
                     var headers = HTTPHeaders()
@@ -139,7 +139,7 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
                 await handleHTTP(asyncChannel: http, logger: logger)
             case .refusedUpgrade(let http):
                 try await http.executeThenClose { _, outbound in
-                    let reply = JSONReply(error: .badRequest("a WebSocket upgrade is only accepted on GET \(Self.webSocketPath)"))
+                    let reply = JSONReply(error: .badRequest("a WebSocket upgrade is a GET of \(Self.webSocketPath) with Connection: Upgrade"))
                     var head = HTTPResponse(
                         status: .badRequest,
                         headerFields: [
@@ -154,6 +154,26 @@ struct GatewayServerChannel: ServerChildChannel, HTTPChannelHandler {
             }
         } catch {
             logger.debug("connection ended during negotiation", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Whether a handshake's `Connection` header has the token `upgrade`, as RFC 6455 (4.2.1)
+    /// requires, in the form NIO's HTTP parser (llhttp) takes for one: after optional spaces
+    /// or tabs, `upgrade` in any case, then only spaces up to the next comma or the line's end.
+    /// The parser stops after a request only when it sees that token (and an `Upgrade`
+    /// header), while NIO's upgrade handler looks at `Upgrade` alone: upgrading a request the
+    /// parser read past would hand the next pipelined request, already parsed, to the
+    /// WebSocket decoder, which traps. (A node crashed on `Upgrade: websocket` without
+    /// `Connection: Upgrade`, and on `Connection: Upgrade<tab>`, each followed by a second
+    /// request in the same write; `UpgradeDecisionTests` checks this rule against the parser.)
+    static func asksForUpgrade(_ headers: HTTPHeaders) -> Bool {
+        headers["connection"].contains { value in
+            value.utf8.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).contains { element in
+                let token = element.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }
+                guard token.count >= 7 else { return false }
+                return token.prefix(7).elementsEqual("upgrade".utf8) { $0 | 0x20 == $1 }
+                    && token.dropFirst(7).allSatisfy { $0 == UInt8(ascii: " ") }
+            }
         }
     }
 
