@@ -36,6 +36,12 @@ import Testing
                 #expect(error["ref"].string == frame.split(separator: "\"")[7].description, "\(error)")
                 #expect(error["message"].string?.contains(field) == true, "\(error)")
             }
+            // A ref of another JSON type comes back as sent, as it does on a good op.
+            socket.send(#"{"op":"subscribe","ref":3,"channel":"c","since_id":-1}"#)
+            let numbered = try await socket.next()
+            #expect(numbered["type"].string == "error" && numbered["ref"].int == 3, "\(numbered)")
+            socket.send(#"{"op":"ping","ref":{"n":[1,2]}}"#)
+            #expect(try await socket.next()["ref"]["n"][1].int == 2)
         }
     }
 

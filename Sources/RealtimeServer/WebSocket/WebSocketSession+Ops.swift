@@ -30,9 +30,10 @@ extension WebSocketSession {
     }
 
     /// The string `ref` of a frame that is a JSON object, whatever else is wrong with it.
+    /// The `ref` of a frame that did not decode as an op: any JSON value, as a frame that did
+    /// decode gets it back (`docs/protocol.md`: any JSON value is echoed as sent).
     static func ref(in bytes: [UInt8]) -> JSONValue? {
-        guard case .string(let ref)? = JSONParser.parse(bytes)?.objectMembers?["ref"] else { return nil }
-        return .string(ref)
+        JSONParser.parse(bytes)?.objectMembers?["ref"]?.nonNull
     }
 
     private func perform(_ frame: ClientFrame, claims: TokenClaims) async throws(RealtimeError) {
