@@ -1,7 +1,7 @@
 """Exploratory chaos run (not part of the test command; docs/robustness.md, "Exploratory runs").
 
-Two gateway nodes (the release binary) on one durable redis-server, four REST publishers that
-retry with idempotency keys, 16 raw WebSocket subscribers that resume with since_id and epoch,
+Two gateway nodes (the release binary) on one durable redis-server, four REST and two WebSocket
+publishers that retry with idempotency keys, 16 raw WebSocket subscribers that resume with since_id and epoch,
 and a random fault every 4-10 s: Redis frozen, killed and restarted (WIPE=1: also restarted
 empty), a node killed or frozen, client sockets cut, Redis killing the nodes' connections.
 Checks at the end: every acknowledged publish exactly once in history, nothing applied twice,
@@ -125,6 +125,47 @@ async def publisher(pid, counter):
                 await asyncio.sleep(delay * (0.5 + rng.random()))
                 delay = min(delay * 2, 1.0)
             await asyncio.sleep(rng.random() * 0.03)
+
+
+async def ws_publisher(pid, counter, token):
+    """Publishes over WebSocket: one op at a time, acked or retried with the same key on a new
+    connection (to either node) after an error that allows it or a lost connection."""
+    seq = None
+    while not stop.is_set() or seq is not None:
+        port = rng.choice(PORTS)
+        try:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime/ws?token={token}", open_timeout=5,
+                                          ping_interval=None) as ws:
+                await asyncio.wait_for(ws.recv(), 5)
+                while True:
+                    if seq is None:
+                        if stop.is_set():
+                            return
+                        seq = next(counter)
+                        ch = rng.choice(CHANNELS)
+                        first_try = time.monotonic()
+                    await ws.send(json.dumps({"op": "publish", "ref": seq, "channel": ch, "event": "w",
+                                              "data": {"seq": seq}, "idempotency_key": f"k{seq}"}))
+                    while True:
+                        f = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                        if f.get("ref") == seq:
+                            break
+                    if f.get("type") == "ack":
+                        acked[seq] = (ch, f["message_id"])
+                        acked_at[seq] = time.monotonic()
+                        statuses["ws " + f["status"]] = statuses.get("ws " + f["status"], 0) + 1
+                        seq = None
+                        await asyncio.sleep(rng.random() * 0.03)
+                    elif f.get("code") in (50300, 50400, 42900) and time.monotonic() - first_try < 90:
+                        statuses[f"ws {f['code']}"] = statuses.get(f"ws {f['code']}", 0) + 1
+                        await asyncio.sleep(0.1 + rng.random() * 0.3)
+                    else:
+                        ev("ws publish refused", seq, f)
+                        gaveup[seq] = ch
+                        seq = None
+        except Exception as e:
+            statuses["ws " + type(e).__name__] = statuses.get("ws " + type(e).__name__, 0) + 1
+            await asyncio.sleep(0.1 + rng.random() * 0.3)
 
 
 class Sub:
@@ -272,6 +313,12 @@ async def main():
         await asyncio.sleep(2)
         counter = itertools.count(1)
         pubs = [asyncio.create_task(publisher(p, counter)) for p in range(4)]
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as c:
+            r = await c.post(f"http://127.0.0.1:{PORTS[0]}/v1/realtime/token",
+                             json={"client_id": "chaos-pub", "capabilities": {"*": ["*"]}, "ttl_seconds": 3600})
+            assert r.status_code == 201, r.text
+            pub_token = r.json()["token"]
+        pubs += [asyncio.create_task(ws_publisher(p, counter, pub_token)) for p in range(2)]
         await chaos(subs)
         for i, n in enumerate(procs.nodes):
             if n.poll() is not None:
