@@ -13,63 +13,21 @@ every subscriber in order, without duplicates, gap-free except across a `resumed
 Ports 16399 (Redis) and 18101-18102 (nodes) on loopback; every process it starts is ended by
 its PID; exit status 1 when a check failed.
 """
-import asyncio, json, os, random, signal, subprocess, sys, time, shutil, itertools
+import asyncio, json, os, random, sys, time, itertools
 import httpx, websockets
 
-import tempfile
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GW = os.environ.get("GW", ROOT + "/.build/release/realtime-gateway")
-KEY = "chaoskey-0123456789abcdef0123456789abcdef"
-SECRET = "chaos-secret-0123456789abcdef0123456789abcdef"
-RPORT = 16399
+from chaos_cluster import KEY, ChaosCluster, ev
+
 PORTS = [18101, 18102]
-DIR = tempfile.mkdtemp(prefix="rt-chaos-")
 DURATION = float(os.environ.get("DURATION", "150"))
 SEED = int(os.environ.get("SEED", "1"))
 WIPE = os.environ.get("WIPE") == "1"
 rng = random.Random(SEED)
 CHANNELS = [f"chaos-{i}" for i in range(4)]
-
-
-def ev(*a):
-    line = f"{time.monotonic():.3f} " + " ".join(str(x) for x in a)
-    print(line, flush=True)
-
-
-class Procs:
-    def __init__(self):
-        self.redis = None
-        self.nodes = [None, None]
-
-    def start_redis(self):
-        self.redis = subprocess.Popen(["redis-server", "--port", str(RPORT), "--bind", "127.0.0.1", "--dir", DIR,
-                                       "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-                                       "--logfile", DIR + "/redis.log"])
-        ev("redis started", self.redis.pid)
-
-    def start_node(self, i):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
-        env.update({
-            "REALTIME_PORT": str(PORTS[i]), "REALTIME_NODE_ID": f"chaos-{i}",
-            "REALTIME_REDIS_URL": f"redis://127.0.0.1:{RPORT}?command_timeout_ms=1000&connect_timeout_ms=1000",
-            "REALTIME_API_KEY": KEY, "REALTIME_TOKEN_SECRET": SECRET, "REALTIME_LOG_LEVEL": "info",
-            "REALTIME_HEARTBEAT_SECONDS": "5", "REALTIME_CONNECTION_PUBLISH_RATE": "1000",
-            "REALTIME_KEY_PUBLISH_RATE": "100000", "REALTIME_PRESENCE_TTL_SECONDS": "5",
-            "REALTIME_PRESENCE_HEARTBEAT_SECONDS": "1",
-        })
-        out = open(f"{DIR}/node{i}.log", "a")
-        self.nodes[i] = subprocess.Popen([GW], env=env, stdout=out, stderr=out)
-        ev("node started", i, self.nodes[i].pid)
-
-    def stop_all(self):
-        for p in self.nodes + [self.redis]:
-            if p and p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.kill()
-                p.wait()
-
-
-procs = Procs()
+procs = ChaosCluster("chaos", 16399, PORTS, {
+    "REALTIME_HEARTBEAT_SECONDS": "5", "REALTIME_CONNECTION_PUBLISH_RATE": "1000", "REALTIME_KEY_PUBLISH_RATE": "100000",
+    "REALTIME_PRESENCE_TTL_SECONDS": "5", "REALTIME_PRESENCE_HEARTBEAT_SECONDS": "1",
+})
 acked = {}      # seq -> (channel, message_id)
 gaveup = {}     # seq -> channel
 acked_at = {}
@@ -215,7 +173,7 @@ class Sub:
                             if f.get("ref") in self.chans and f.get("code") != 40900:
                                 await asyncio.sleep(0.5)
                                 raise RuntimeError(f"subscribe error {f}")
-            except Exception as e:
+            except Exception:
                 pass
             self.ws = None
             await asyncio.sleep(0.1 + rng.random() * 0.5)
@@ -233,10 +191,6 @@ async def kill_clients(subs, frac):
                 pass
 
 
-def redis_cli(*args):
-    return subprocess.run(["redis-cli", "-p", str(RPORT)] + list(args), capture_output=True, text=True, timeout=10)
-
-
 async def chaos(subs):
     faults = ["redis-stop", "redis-kill", "node-kill", "node-stop", "clients", "pubsub-kill", "normal-kill"]
     if WIPE:
@@ -247,36 +201,22 @@ async def chaos(subs):
         f = rng.choice(faults)
         ev("FAULT", f)
         if f == "redis-stop":
-            procs.redis.send_signal(signal.SIGSTOP)
-            await asyncio.sleep(1 + rng.random() * 5)
-            procs.redis.send_signal(signal.SIGCONT)
+            await procs.freeze_redis(1 + rng.random() * 5)
         elif f in ("redis-kill", "redis-wipe"):
-            procs.redis.kill(); procs.redis.wait()
             if f == "redis-wipe":
-                shutil.rmtree(DIR + "/appendonlydir", ignore_errors=True)
                 wipes.append(time.monotonic())
-            await asyncio.sleep(0.5 + rng.random() * 3)
-            procs.start_redis()
+            await procs.restart_redis(rng, wipe=f == "redis-wipe")
         elif f == "node-kill":
-            i = rng.randrange(2)
-            procs.nodes[i].kill(); procs.nodes[i].wait()
-            await asyncio.sleep(0.5 + rng.random() * 2)
-            procs.start_node(i)
+            await procs.kill_node(rng)
         elif f == "node-stop":
-            i = rng.randrange(2)
-            procs.nodes[i].send_signal(signal.SIGSTOP)
-            await asyncio.sleep(1 + rng.random() * 4)
-            procs.nodes[i].send_signal(signal.SIGCONT)
+            await procs.freeze_node(rng, 5)
         elif f == "clients":
             await kill_clients(subs, 0.4)
         elif f == "pubsub-kill":
-            ev(redis_cli("CLIENT", "KILL", "TYPE", "pubsub").stdout.strip())
+            ev(procs.cli("CLIENT", "KILL", "TYPE", "pubsub"))
         elif f == "normal-kill":
-            ev(redis_cli("CLIENT", "KILL", "TYPE", "normal").stdout.strip())
-        for i, n in enumerate(procs.nodes):
-            if n.poll() is not None:
-                ev("NODE DIED", i, n.returncode)
-                procs.start_node(i)
+            ev(procs.cli("CLIENT", "KILL", "TYPE", "normal"))
+        procs.revive()
     ev("chaos over")
 
 
@@ -295,10 +235,7 @@ async def history(c, ch):
 
 
 async def main():
-    print("logs and Redis data in", DIR)
-    procs.start_redis()
-    await asyncio.sleep(0.5)
-    procs.start_node(0); procs.start_node(1)
+    procs.start()
     try:
         assert await ready(PORTS[0]) and await ready(PORTS[1]), "nodes not ready"
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as c:
@@ -320,9 +257,7 @@ async def main():
             pub_token = r.json()["token"]
         pubs += [asyncio.create_task(ws_publisher(p, counter, pub_token)) for p in range(2)]
         await chaos(subs)
-        for i, n in enumerate(procs.nodes):
-            if n.poll() is not None:
-                ev("NODE DIED", i, n.returncode); procs.start_node(i)
+        procs.revive()
         stop.set()
         await asyncio.gather(*pubs)
         ev("publishers done; acked", len(acked), "gave up", len(gaveup), statuses)

@@ -8,7 +8,7 @@ resident memory did.
 
 SEED picks the mutations; the last 200 inputs are written to hostile-inputs.pkl if the node dies.
 """
-import asyncio, os, random, json, time, struct, base64, sys
+import asyncio, os, random, time, struct, sys
 import httpx
 PORT = int(os.environ.get("PORT", "18111")); KEY = os.environ.get("KEY", "chaoskey-0123456789abcdef0123456789abcdef")
 rng = random.Random(int(os.environ.get("SEED", "7")))
@@ -61,7 +61,7 @@ async def one(token, stats):
         w.write(data); await w.drain()
         if rng.random() < 0.3: w.write_eof()
         try:
-            got = await asyncio.wait_for(r.read(1 << 20), rng.choice([0.05, 0.5, 2]))
+            await asyncio.wait_for(r.read(1 << 20), rng.choice([0.05, 0.5, 2]))
         except asyncio.TimeoutError:
             pass
         stats["ok"] += 1

@@ -10,53 +10,19 @@ end in that same set (every enter has at most one leave, nothing after a leave).
 
     .build/venv-clients/bin/python scripts/presence_chaos.py     # DURATION=120 SEED=1 GW=...
 """
-import asyncio, json, os, random, signal, subprocess, sys, tempfile, time
+import asyncio, json, os, random, sys, time
 import httpx, websockets
+from chaos_cluster import KEY, ChaosCluster, ev
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GW = os.environ.get("GW", ROOT + "/.build/release/realtime-gateway")
-KEY = "chaoskey-0123456789abcdef0123456789abcdef"
-SECRET = "chaos-secret-0123456789abcdef0123456789abcdef"
-RPORT, PORTS = 16398, [18103, 18104]
-DIR = tempfile.mkdtemp(prefix="rt-presence-chaos-")
+PORTS = [18103, 18104]
 DURATION = float(os.environ.get("DURATION", "120"))
 rng = random.Random(int(os.environ.get("SEED", "1")))
 CHANNELS = ["room-a", "room-b", "room-c"]
 TTL = 5
 stop = asyncio.Event()
-
-
-def ev(*a):
-    print(f"{time.monotonic():.3f}", *a, flush=True)
-
-
-class Procs:
-    redis = None
-    nodes = [None, None]
-
-    def start_redis(self):
-        self.redis = subprocess.Popen(["redis-server", "--port", str(RPORT), "--bind", "127.0.0.1", "--dir", DIR, "--save", "",
-                                       "--appendonly", "yes", "--appendfsync", "always", "--logfile", DIR + "/redis.log"])
-
-    def start_node(self, i):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
-        env.update({"REALTIME_PORT": str(PORTS[i]), "REALTIME_NODE_ID": f"pc-{i}", "REALTIME_API_KEY": KEY, "REALTIME_TOKEN_SECRET": SECRET,
-                    "REALTIME_REDIS_URL": f"redis://127.0.0.1:{RPORT}?command_timeout_ms=1000&connect_timeout_ms=1000",
-                    "REALTIME_PRESENCE_TTL_SECONDS": str(TTL), "REALTIME_PRESENCE_HEARTBEAT_SECONDS": "1", "REALTIME_HEARTBEAT_SECONDS": "5",
-                    "REALTIME_LOG_LEVEL": "info"})
-        out = open(f"{DIR}/node{i}.log", "a")
-        self.nodes[i] = subprocess.Popen([GW], env=env, stdout=out, stderr=out)
-        ev("node started", i)
-
-    def stop_all(self):
-        for p in self.nodes + [self.redis]:
-            if p and p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.kill()
-                p.wait()
-
-
-procs = Procs()
+procs = ChaosCluster("presence-chaos", 16398, PORTS, {
+    "REALTIME_PRESENCE_TTL_SECONDS": str(TTL), "REALTIME_PRESENCE_HEARTBEAT_SECONDS": "1", "REALTIME_HEARTBEAT_SECONDS": "5",
+})
 
 
 class Member:
@@ -141,10 +107,6 @@ class Watcher:
         return live, problems
 
 
-def cli(*args):
-    return subprocess.run(["redis-cli", "-p", str(RPORT)] + list(args), capture_output=True, text=True, timeout=10).stdout.strip()
-
-
 async def chaos(members):
     faults = ["node-kill", "node-stop", "redis-stop-long", "redis-stop", "pubsub-kill", "normal-kill", "members"]
     end = time.monotonic() + DURATION
@@ -153,38 +115,24 @@ async def chaos(members):
         f = rng.choice(faults)
         ev("FAULT", f)
         if f == "node-kill":
-            i = rng.randrange(2)
-            procs.nodes[i].kill(); procs.nodes[i].wait()
-            await asyncio.sleep(0.5 + rng.random() * 2)
-            procs.start_node(i)
+            await procs.kill_node(rng)
         elif f == "node-stop":
-            i = rng.randrange(2)
-            procs.nodes[i].send_signal(signal.SIGSTOP)
-            await asyncio.sleep(1 + rng.random() * 3)
-            procs.nodes[i].send_signal(signal.SIGCONT)
+            await procs.freeze_node(rng, 4)
         elif f.startswith("redis-stop"):
-            procs.redis.send_signal(signal.SIGSTOP)
-            await asyncio.sleep(TTL + 2 if f == "redis-stop-long" else 1 + rng.random() * 2)
-            procs.redis.send_signal(signal.SIGCONT)
+            await procs.freeze_redis(TTL + 2 if f == "redis-stop-long" else 1 + rng.random() * 2)
         elif f == "pubsub-kill":
-            cli("CLIENT", "KILL", "TYPE", "pubsub")
+            procs.cli("CLIENT", "KILL", "TYPE", "pubsub")
         elif f == "normal-kill":
-            cli("CLIENT", "KILL", "TYPE", "normal")
+            procs.cli("CLIENT", "KILL", "TYPE", "normal")
         elif f == "members":
             for m in members:
                 if m.ws is not None and rng.random() < 0.4:
                     m.ws.transport.abort()
-        for i, n in enumerate(procs.nodes):
-            if n.poll() is not None:
-                ev("NODE DIED", i, n.returncode)
-                procs.start_node(i)
+        procs.revive()
 
 
 async def main():
-    print("logs in", DIR)
-    procs.start_redis()
-    await asyncio.sleep(0.5)
-    procs.start_node(0); procs.start_node(1)
+    procs.start()
     try:
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as c:
             for port in PORTS:
@@ -203,9 +151,7 @@ async def main():
             tasks = [asyncio.create_task(m.run(await token(f"m{m.n}"))) for m in members]
             wtasks = [asyncio.create_task(w.run(await token("watcher"))) for w in watchers]
             await chaos(members)
-            for i, n in enumerate(procs.nodes):
-                if n.poll() is not None:
-                    ev("NODE DIED", i, n.returncode); procs.start_node(i)
+            procs.revive()
             # Quiet: every member back in, every dead connection swept (TTL plus a sweep).
             end = time.monotonic() + 60
             while time.monotonic() < end and not all(m.connection for m in members):

@@ -68,11 +68,12 @@ public final class RedisEngine: Sendable {
         }
     }
 
-    /// A Redis client error as the contract reports it: not sent, or refused for a passing
-    /// reason before anything ran (``RedisError/isTransientRefusal``: Redis loading its data
-    /// after a restart, say) -> 50300; sent and unanswered (or answered with a reply that does
-    /// not parse), or a script that ran whose follow-up failed -> 50400 for a write (it may have been applied), 50300 for a read; any
-    /// other error reply -> 50000.
+    /// A Redis client error as the contract reports it:
+    /// - not sent, or refused for a passing reason before anything ran
+    ///   (``RedisError/isTransientRefusal``: Redis loading its data after a restart, say): 50300;
+    /// - sent and unanswered (or answered with a reply that does not parse), or a script that
+    ///   ran whose follow-up failed: 50400 for a write (it may have been applied), 50300 for a read;
+    /// - any other error reply: 50000.
     static func contractError(_ error: RedisError, write: Bool) -> RealtimeError {
         switch error {
         case .server(let message) where error.isTransientRefusal:

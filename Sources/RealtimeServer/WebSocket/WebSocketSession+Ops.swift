@@ -29,9 +29,8 @@ extension WebSocketSession {
         }
     }
 
-    /// The string `ref` of a frame that is a JSON object, whatever else is wrong with it.
-    /// The `ref` of a frame that did not decode as an op: any JSON value, as a frame that did
-    /// decode gets it back (`docs/protocol.md`: any JSON value is echoed as sent).
+    /// The `ref` of a frame that is a JSON object, whatever else is wrong with it: any JSON
+    /// value, as an op that decoded gets it back (`docs/protocol.md`: echoed as sent).
     static func ref(in bytes: [UInt8]) -> JSONValue? {
         JSONParser.parse(bytes)?.objectMembers?["ref"]?.nonNull
     }
