@@ -54,9 +54,20 @@ struct RealtimeGatewayCommand: AsyncParsableCommand {
         }
         let gateway = try await Gateway(configuration: configuration, engine: engine, registry: registry)
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await gateway.run() }
             group.addTask {
-                let port = await gateway.listeningPort()
+                do {
+                    try await gateway.run()
+                } catch {
+                    // Said plainly (the service group logs it at debug level only): a node that
+                    // cannot listen stops with the reason, and a non-zero status.
+                    let listening = await gateway.listeningPort() != nil
+                    let what = listening ? "stopped" : "cannot listen on \(config.host):\(config.port)"
+                    FileHandle.standardError.write(Data("realtime-gateway: \(what): \(error)\n".utf8))
+                    throw ExitCode.failure
+                }
+            }
+            group.addTask {
+                guard let port = await gateway.listeningPort() else { return }
                 var banner = "realtime-gateway listening on \(config.tls == nil ? "http" : "https")://\(config.host):\(port) (engine: \(config.redisURL == nil ? "memory" : "redis"), node: \(gateway.configuration.nodeID))\n"
                 banner += "WebSocket endpoint: ws://\(config.host):\(port)/v1/realtime/ws\n"
                 if config.apiKey == nil {

@@ -1,5 +1,7 @@
 import AsyncHTTPClient
 import Foundation
+import NIOCore
+import NIOPosix
 import RealtimeCore
 import RealtimeServer
 import Testing
@@ -99,6 +101,32 @@ import Testing
 
     /// The real binary: starts with no settings beyond a port, prints its URL and key, serves,
     /// refuses a bad setting with its name, and stops on SIGTERM.
+    /// A node whose port is taken says so and exits non-zero (it used to log the bind error
+    /// at debug level only and then hang, neither serving nor exiting, with its banner waiting
+    /// for a port that never came).
+    @Test func aNodeThatCannotListenSaysWhyAndExits() async throws {
+        let taken = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+        defer { taken.close(promise: nil) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent(".build/debug/realtime-gateway")
+        process.arguments = ["--port", String(taken.localAddress?.port ?? 0), "--api-key", "taken-port-key-0123456789"]
+        process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("REALTIME_") }
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = Pipe()
+        try process.run()
+        // SIGKILL: a node that hangs this way does not answer SIGTERM either.
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20), clock: .suspending) }
+        #expect(!process.isRunning, "the node neither listened nor exited")
+        guard !process.isRunning else { return }
+        #expect(process.terminationStatus != 0)
+        let said = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(said.contains("cannot listen on 127.0.0.1:") && said.contains("Address already in use"), "\(said)")
+    }
+
     @Test func binaryStartsPrintsItsKeyServesAndStopsOnSIGTERM() async throws {
         let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent(".build/debug/realtime-gateway")

@@ -46,13 +46,15 @@ public struct Gateway: Sendable {
             metrics: GatewayMetrics(registry: registry), clock: clock, logger: logger)
     }
 
-    /// The port the server listens on, once it does (useful with port 0).
-    public func listeningPort() async -> Int { await boundPort.wait() }
+    /// The port the server listens on, once it does (useful with port 0); nil when the server
+    /// stopped without listening (its address was taken, say).
+    public func listeningPort() async -> Int? { await boundPort.wait() }
 
     /// The node's services, in start order.
     public var services: [any Service] {
         [
-            EngineService(runtime: runtime), application(), PresenceHeartbeatService(runtime: runtime), KeyRecheckService(runtime: runtime),
+            EngineService(runtime: runtime), ListeningService(server: application(), port: boundPort),
+            PresenceHeartbeatService(runtime: runtime), KeyRecheckService(runtime: runtime),
             DrainService(runtime: runtime),
         ] + (tls.map { [TLSReloadService(store: $0, logger: runtime.logger)] } ?? [])
     }
@@ -107,28 +109,48 @@ public struct Gateway: Sendable {
     }
 }
 
-/// The listening port, published once the server is up.
+/// The listening port, published once the server is up, or nil to every waiter once the
+/// server has stopped without it.
 final class BoundPort: Sendable {
-    private let state = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
+    private let state = Mutex<(port: Int?, ended: Bool, waiters: [CheckedContinuation<Int?, Never>])>((nil, false, []))
 
-    func set(_ port: Int) {
-        let waiters = state.withLock { s in
-            s.port = port
+    func set(_ port: Int) { settle(port: port) }
+
+    /// The server stopped: a waiter that has no port by now never gets one.
+    func end() { settle(port: nil) }
+
+    private func settle(port: Int?) {
+        let (value, waiters) = state.withLock { s in
+            if let port { s.port = port }
+            s.ended = true
             defer { s.waiters = [] }
-            return s.waiters
+            return (s.port, s.waiters)
         }
-        for w in waiters { w.resume(returning: port) }
+        for w in waiters { w.resume(returning: value) }
     }
 
-    func wait() async -> Int {
+    func wait() async -> Int? {
         await withCheckedContinuation { c in
-            let port = state.withLock { s -> Int? in
-                if let p = s.port { return p }
+            let settled = state.withLock { s -> (Int?, Bool) in
+                if s.ended || s.port != nil { return (s.port, true) }
                 s.waiters.append(c)
-                return nil
+                return (nil, false)
             }
-            if let port { c.resume(returning: port) }
+            if settled.1 { c.resume(returning: settled.0) }
         }
+    }
+}
+
+/// The HTTP server, which ends ``BoundPort``'s wait however it stops: whoever waits for the
+/// port (the banner, a test) would otherwise wait forever when binding failed, and with it
+/// the process, which then neither served nor exited.
+struct ListeningService<Server: Service>: Service {
+    let server: Server
+    let port: BoundPort
+
+    func run() async throws {
+        defer { port.end() }
+        try await server.run()
     }
 }
 

@@ -40,7 +40,7 @@ struct TestNode {
         let group = ServiceGroup(configuration: .init(services: gateway.services, logger: logger))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
-            let node = TestNode(gateway: gateway, port: await gateway.listeningPort(), group: group)
+            let node = TestNode(gateway: gateway, port: try #require(await gateway.listeningPort()), group: group)
             do {
                 try await body(node)
             } catch {
