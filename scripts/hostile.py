@@ -10,7 +10,15 @@ SEED picks the mutations; the last 200 inputs are written to hostile-inputs.pkl 
 """
 import asyncio, os, random, time, struct, sys
 import httpx
-PORT = int(os.environ.get("PORT", "18111")); KEY = os.environ.get("KEY", "chaoskey-0123456789abcdef0123456789abcdef")
+PORT = int(os.environ.get("PORT", "18111"))
+# TLS=1: the node serves HTTPS/WSS (its certificate is not checked).
+TLS = os.environ.get("TLS") == "1"
+SSL = None
+if TLS:
+    import ssl
+    SSL = ssl.create_default_context(); SSL.check_hostname = False; SSL.verify_mode = ssl.CERT_NONE
+BASE = ("https" if TLS else "http") + f"://127.0.0.1:{PORT}"
+KEY = os.environ.get("KEY", "chaoskey-0123456789abcdef0123456789abcdef")
 rng = random.Random(int(os.environ.get("SEED", "7")))
 VALID = [
     b"POST /v1/realtime/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: 48\r\n\r\n" + b'{"channel":"h","event":"e","data":{"a":[1,2,3]}}',
@@ -41,7 +49,7 @@ OPS = [b'{"op":"subscribe","channel":"h","since_id":"0-0"}', b'{"op":"publish","
        b'{"op":"history","channel":"h","limit":1000}', b'{"op":"presence.get","channel":"h"}', b'{"op":"ping"}', b'{"op":"auth","token":"x"}', b'{"op":"unsubscribe","channel":"h"}']
 async def one(token, stats):
     try:
-        r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", PORT), 5)
+        r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", PORT, ssl=SSL), 5)
     except Exception:
         stats["connfail"] += 1; return
     try:
@@ -59,7 +67,7 @@ async def one(token, stats):
             data = req + (mutate(frames) if rng.random() < 0.3 else frames)
         stats.setdefault('log', []).append(data); stats['log'] = stats['log'][-200:]
         w.write(data); await w.drain()
-        if rng.random() < 0.3: w.write_eof()
+        if rng.random() < 0.3 and w.can_write_eof(): w.write_eof()
         try:
             await asyncio.wait_for(r.read(1 << 20), rng.choice([0.05, 0.5, 2]))
         except asyncio.TimeoutError:
@@ -74,8 +82,8 @@ def rss(pid):
         if l.startswith("VmRSS"): return int(l.split()[1])
 async def main():
     pid = int(sys.argv[1]); seconds = float(sys.argv[2])
-    async with httpx.AsyncClient(headers={"Authorization": "Bearer " + KEY}) as c:
-        token = (await c.post(f"http://127.0.0.1:{PORT}/v1/realtime/token", json={"client_id": "h", "channels": ["*"]})).json()["token"]
+    async with httpx.AsyncClient(headers={"Authorization": "Bearer " + KEY}, verify=not TLS) as c:
+        token = (await c.post(f"{BASE}/v1/realtime/token", json={"client_id": "h", "channels": ["*"]})).json()["token"]
     stats = {"ok": 0, "connfail": 0}
     print("rss before KiB", rss(pid))
     end = time.monotonic() + seconds; n = 0
@@ -88,9 +96,9 @@ async def main():
             import pickle; pickle.dump(stats['log'], open('hostile-inputs.pkl', 'wb')); print('DIED after', n); return
     print("connections", n, {k: v for k, v in stats.items() if k != "log"}, "rss after KiB", rss(pid))
     await asyncio.sleep(15)
-    async with httpx.AsyncClient(headers={"Authorization": "Bearer " + KEY}) as c:
-        r = await c.post(f"http://127.0.0.1:{PORT}/v1/realtime/publish", json={"channel": "h", "event": "e", "data": 1})
+    async with httpx.AsyncClient(headers={"Authorization": "Bearer " + KEY}, verify=not TLS) as c:
+        r = await c.post(f"{BASE}/v1/realtime/publish", json={"channel": "h", "event": "e", "data": 1})
         print("still serving:", r.status_code, "rss settled KiB", rss(pid))
-        m = (await c.get(f"http://127.0.0.1:{PORT}/metrics")).text
+        m = (await c.get(f"{BASE}/metrics")).text
         print([l for l in m.splitlines() if l.startswith("realtime_connections") or "open" in l][:5])
 asyncio.run(main())
