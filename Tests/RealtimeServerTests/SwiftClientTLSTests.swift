@@ -13,89 +13,93 @@ import Testing
 /// and token endpoints that say wss://.
 @Suite struct SwiftClientTLSTests {
     @Test func httpsPublishAndWssSubscribeAndResumeThroughTheSwiftSDK() async throws {
-        let dir = NSTemporaryDirectory() + "rt-tls-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        try await Self.makeCertificates(in: dir)
-        let node = GatewayProcess(key: Cluster.key, nodeID: "tls")
-        try await node.start(environment: [
-            "REALTIME_API_KEY": Cluster.key, "REALTIME_TLS_CERT_FILE": dir + "/server.crt", "REALTIME_TLS_KEY_FILE": dir + "/server.key",
-        ])
-        #expect(node.tls)
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .file(dir + "/ca.crt")
-        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
-        let rest = RealtimeREST(baseURL: "https://127.0.0.1:\(node.port)", apiKey: Cluster.key, httpClient: http)
-        try await eventually("the node to answer over HTTPS", timeout: .seconds(20)) {
-            (try? await rest.publish(channel: "warmup", event: "e", data: .number(0))) != nil
+        try await Self.withTLSNode("tls") { node, tls in
+            #expect(node.tls)
+            let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+            let rest = RealtimeREST(baseURL: "https://127.0.0.1:\(node.port)", apiKey: Cluster.key, httpClient: http)
+            try await eventually("the node to answer over HTTPS", timeout: .seconds(20)) {
+                (try? await rest.publish(channel: "warmup", event: "e", data: .number(0))) != nil
+            }
+            let issued = try await rest.issueToken(TokenRequest(clientID: "swift-tls", capabilities: ["secure": ["*"]]))
+            #expect(issued.endpoint.hasPrefix("wss://127.0.0.1:\(node.port)/"))
+            var options = RealtimeConnection.Options(endpoint: issued.endpoint) {
+                try await rest.issueToken(TokenRequest(clientID: "swift-tls", capabilities: ["secure": ["*"]])).token
+            }
+            options.tlsConfiguration = tls
+            options.minRetryDelay = .milliseconds(50)
+            let connection = RealtimeConnection(options: options)
+            await connection.connect()
+            let channel = await connection.channel("secure")
+            try await channel.subscribe()
+            let publisher = Task {
+                for i in 0..<40 { _ = try await rest.publish(channel: "secure", event: "n", data: .number(Double(i))) }
+            }
+            var received: [RealtimeJSON] = []
+            for await message in channel.messages {
+                received.append(message.data)
+                if received.count == 15 { await connection.dropTransport() }
+                if received.count == 40 { break }
+            }
+            try await publisher.value
+            #expect(received == (0..<40).map { RealtimeJSON.number(Double($0)) })
+            await connection.close()
+            try await http.shutdown()
         }
-        let issued = try await rest.issueToken(TokenRequest(clientID: "swift-tls", capabilities: ["secure": ["*"]]))
-        #expect(issued.endpoint.hasPrefix("wss://127.0.0.1:\(node.port)/"))
-        var options = RealtimeConnection.Options(endpoint: issued.endpoint) {
-            try await rest.issueToken(TokenRequest(clientID: "swift-tls", capabilities: ["secure": ["*"]])).token
-        }
-        options.tlsConfiguration = tls
-        options.minRetryDelay = .milliseconds(50)
-        let connection = RealtimeConnection(options: options)
-        await connection.connect()
-        let channel = await connection.channel("secure")
-        try await channel.subscribe()
-        let publisher = Task {
-            for i in 0..<40 { _ = try await rest.publish(channel: "secure", event: "n", data: .number(Double(i))) }
-        }
-        var received: [RealtimeJSON] = []
-        for await message in channel.messages {
-            received.append(message.data)
-            if received.count == 15 { await connection.dropTransport() }
-            if received.count == 40 { break }
-        }
-        try await publisher.value
-        #expect(received == (0..<40).map { RealtimeJSON.number(Double($0)) })
-        await connection.close()
-        try await http.shutdown()
-        await node.terminate()
     }
 
     /// With TLS every answer carries `Strict-Transport-Security`: a publish (fast path), a
     /// route, errors of every kind (401, 404, 405, a publish refused on the fast path) and the
     /// `400` for input that is not HTTP/1.1.
     @Test func everyAnswerOverTLSCarriesStrictTransportSecurity() async throws {
-        let dir = NSTemporaryDirectory() + "rt-hsts-" + UUID().uuidString
+        try await Self.withTLSNode("hsts") { node, tls in
+            let context = try NIOSSLContext(configuration: tls)
+            let raw: [(String, String)] = [
+                ("publish", "POST /v1/realtime/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: \(Cluster.key)\r\nContent-Length: 37\r\n\r\n"
+                    + #"{"channel":"h","event":"e","data":1}"# + " "),
+                ("refused publish", "POST /v1/realtime/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"),
+                ("route", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+                ("401", "GET /v1/realtime/channels HTTP/1.1\r\nHost: x\r\n\r\n"),
+                ("404", "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"),
+                ("405", "GET /v1/realtime/publish HTTP/1.1\r\nHost: x\r\n\r\n"),
+                ("malformed", "\u{1}\u{2} hello\r\n\r\n"),
+            ]
+            for (name, request) in raw {
+                let collector = RawPeer.Collector()
+                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .channelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: nil))
+                            try channel.pipeline.syncOperations.addHandler(collector)
+                        }
+                    }
+                    .connect(host: "127.0.0.1", port: node.port).get()
+                try await channel.writeAndFlush(ByteBuffer(string: request)).get()
+                try await eventually("\(name): an answer", timeout: .seconds(30)) { !HTTPStream.parse(collector.bytes.withLock { $0 }).isEmpty }
+                let answer = try #require(HTTPStream.parse(collector.bytes.withLock { $0 }).first)
+                #expect(answer.header("strict-transport-security") == "max-age=31536000", "\(name): \(answer.status)")
+                try? await channel.close()
+            }
+        }
+    }
+
+    /// A node serving HTTPS and WSS with certificates made for the test (stopped afterwards),
+    /// and a client configuration that trusts them.
+    static func withTLSNode(_ nodeID: String, _ body: (GatewayProcess, TLSConfiguration) async throws -> Void) async throws {
+        let dir = NSTemporaryDirectory() + "rt-tls-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try await Self.makeCertificates(in: dir)
-        let node = GatewayProcess(key: Cluster.key, nodeID: "hsts")
+        try await makeCertificates(in: dir)
+        let node = GatewayProcess(key: Cluster.key, nodeID: nodeID)
         try await node.start(environment: [
             "REALTIME_API_KEY": Cluster.key, "REALTIME_TLS_CERT_FILE": dir + "/server.crt", "REALTIME_TLS_KEY_FILE": dir + "/server.key",
         ])
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .file(dir + "/ca.crt")
-        let context = try NIOSSLContext(configuration: tls)
-        let raw: [(String, String)] = [
-            ("publish", "POST /v1/realtime/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: \(Cluster.key)\r\nContent-Length: 37\r\n\r\n"
-                + #"{"channel":"h","event":"e","data":1}"# + " "),
-            ("refused publish", "POST /v1/realtime/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"),
-            ("route", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
-            ("401", "GET /v1/realtime/channels HTTP/1.1\r\nHost: x\r\n\r\n"),
-            ("404", "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"),
-            ("405", "GET /v1/realtime/publish HTTP/1.1\r\nHost: x\r\n\r\n"),
-            ("malformed", "\u{1}\u{2} hello\r\n\r\n"),
-        ]
-        for (name, request) in raw {
-            let collector = RawPeer.Collector()
-            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: nil))
-                        try channel.pipeline.syncOperations.addHandler(collector)
-                    }
-                }
-                .connect(host: "127.0.0.1", port: node.port).get()
-            try await channel.writeAndFlush(ByteBuffer(string: request)).get()
-            try await eventually("\(name): an answer", timeout: .seconds(30)) { !HTTPStream.parse(collector.bytes.withLock { $0 }).isEmpty }
-            let answer = try #require(HTTPStream.parse(collector.bytes.withLock { $0 }).first)
-            #expect(answer.header("strict-transport-security") == "max-age=31536000", "\(name): \(answer.status)")
-            try? await channel.close()
+        do {
+            try await body(node, tls)
+        } catch {
+            await node.terminate()
+            throw error
         }
         await node.terminate()
     }
@@ -168,49 +172,40 @@ import Testing
     }
 
     @Test func connectionsDroppedWithoutCloseNotifyLeaveNoMemoryBehind() async throws {
-        let dir = NSTemporaryDirectory() + "rt-tls-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        try await SwiftClientTLSTests.makeCertificates(in: dir)
-        let node = GatewayProcess(key: Cluster.key, nodeID: "tls-ragged")
-        try await node.start(environment: [
-            "REALTIME_API_KEY": Cluster.key, "REALTIME_TLS_CERT_FILE": dir + "/server.crt", "REALTIME_TLS_KEY_FILE": dir + "/server.key",
-        ])
-        defer { node.kill9() }
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .file(dir + "/ca.crt")
-        let context = try NIOSSLContext(configuration: tls)
-        func dropOne() async throws {
-            let handshake = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
-            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        let sync = channel.pipeline.syncOperations
-                        try sync.addHandler(RaggedCloser())
-                        try sync.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil))
-                        try sync.addHandler(HandshakeWatcher(done: handshake))
+        try await SwiftClientTLSTests.withTLSNode("tls-ragged") { node, tls in
+            let context = try NIOSSLContext(configuration: tls)
+            func dropOne() async throws {
+                let handshake = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
+                let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .channelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            let sync = channel.pipeline.syncOperations
+                            try sync.addHandler(RaggedCloser())
+                            try sync.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil))
+                            try sync.addHandler(HandshakeWatcher(done: handshake))
+                        }
                     }
-                }
-                .connect(host: "127.0.0.1", port: node.port).get()
-            try await handshake.futureResult.get()
-            // A close issued at the first handler goes straight to the socket.
-            try await channel.eventLoop.flatSubmit {
-                (try? channel.pipeline.syncOperations.context(handlerType: RaggedCloser.self))?.close() ?? channel.close()
-            }.get()
+                    .connect(host: "127.0.0.1", port: node.port).get()
+                try await handshake.futureResult.get()
+                // A close issued at the first handler goes straight to the socket.
+                try await channel.eventLoop.flatSubmit {
+                    (try? channel.pipeline.syncOperations.context(handlerType: RaggedCloser.self))?.close() ?? channel.close()
+                }.get()
+            }
+            for _ in 0..<200 { try await dropOne() }  // warm-up: allocator pools, caches
+            try await Task.sleep(for: .seconds(1), clock: .suspending)
+            let before = try #require(node.residentKilobytes)
+            for _ in 0..<2000 { try await dropOne() }
+            var after = try #require(node.residentKilobytes)
+            // Whatever the node frees, it may free late: wait (bounded) for it to settle.
+            try? await eventually("the node's memory to settle", timeout: .seconds(20)) {
+                after = node.residentKilobytes ?? after
+                return after - before < 8 * 1024
+            }
+            // 2,000 dropped connections grew the node by 24 MB and more before; now by about 1 MB.
+            #expect(after - before < 8 * 1024, "2,000 connections dropped without close_notify grew the node by \(after - before) KiB")
+            #expect(node.isRunning)
         }
-        for _ in 0..<200 { try await dropOne() }  // warm-up: allocator pools, caches
-        try await Task.sleep(for: .seconds(1), clock: .suspending)
-        let before = try #require(node.residentKilobytes)
-        for _ in 0..<2000 { try await dropOne() }
-        var after = try #require(node.residentKilobytes)
-        // Whatever the node frees, it may free late: wait (bounded) for it to settle.
-        try? await eventually("the node's memory to settle", timeout: .seconds(20)) {
-            after = node.residentKilobytes ?? after
-            return after - before < 8 * 1024
-        }
-        // 2,000 dropped connections grew the node by 24 MB and more before; now by about 1 MB.
-        #expect(after - before < 8 * 1024, "2,000 connections dropped without close_notify grew the node by \(after - before) KiB")
-        #expect(node.isRunning)
     }
 
     /// Completes a promise once the TLS handshake is done.

@@ -112,31 +112,30 @@ public struct Gateway: Sendable {
 /// The listening port, published once the server is up, or nil to every waiter once the
 /// server has stopped without it.
 final class BoundPort: Sendable {
-    private let state = Mutex<(port: Int?, ended: Bool, waiters: [CheckedContinuation<Int?, Never>])>((nil, false, []))
+    /// nil while pending; then the first outcome, which stands: a port, or none.
+    private let state = Mutex<(outcome: Int??, waiters: [CheckedContinuation<Int?, Never>])>((nil, []))
 
-    func set(_ port: Int) { settle(port: port) }
+    func set(_ port: Int) { settle(port) }
 
     /// The server stopped: a waiter that has no port by now never gets one.
-    func end() { settle(port: nil) }
+    func end() { settle(nil) }
 
-    private func settle(port: Int?) {
-        let (value, waiters) = state.withLock { s in
-            if let port { s.port = port }
-            s.ended = true
+    private func settle(_ port: Int?) {
+        let (outcome, waiters) = state.withLock { s in
+            if s.outcome == nil { s.outcome = .some(port) }
             defer { s.waiters = [] }
-            return (s.port, s.waiters)
+            return (s.outcome ?? nil, s.waiters)
         }
-        for w in waiters { w.resume(returning: value) }
+        for w in waiters { w.resume(returning: outcome) }
     }
 
     func wait() async -> Int? {
         await withCheckedContinuation { c in
-            let settled = state.withLock { s -> (Int?, Bool) in
-                if s.ended || s.port != nil { return (s.port, true) }
-                s.waiters.append(c)
-                return (nil, false)
+            let outcome = state.withLock { s -> Int?? in
+                if s.outcome == nil { s.waiters.append(c) }
+                return s.outcome
             }
-            if settled.1 { c.resume(returning: settled.0) }
+            if let outcome { c.resume(returning: outcome) }
         }
     }
 }
